@@ -1,0 +1,54 @@
+"""Read past runs back from MLflow as rows of params and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow import MlflowClient
+
+
+def run_table(
+    experiment: str, sort: str | None = None, limit: int = 20, children: bool = False
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows (one per run, newest first unless ``sort`` names a metric) and the column order."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none yet"
+        raise ValueError(f"no MLflow experiment {experiment!r} (experiments: {names})")
+    flt = "" if children else "tags.mlflow.parentRunId IS NULL"
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=flt,
+        max_results=1000,
+        order_by=["attributes.start_time DESC"],
+    )
+    if sort is not None:
+        if not any(sort in r.data.metrics for r in runs):
+            known = sorted({m for r in runs for m in r.data.metrics})
+            raise ValueError(f"--sort: no run has metric {sort!r} (metrics: {', '.join(known)})")
+        runs = sorted(runs, key=lambda r: r.data.metrics.get(sort, float("inf")))
+    runs = runs[:limit]
+    rows, params, metrics = [], [], []
+    for r in runs:
+        row = {
+            "run_id": r.info.run_id[:12],
+            "start": _time(r.info.start_time),
+            "status": r.info.status,
+            "kind": "child" if "mlflow.parentRunId" in r.data.tags else "flow",
+        }
+        for k, v in r.data.params.items():
+            row[k] = v
+            params.append(k) if k not in params else None
+        for k, v in r.data.metrics.items():
+            row[k] = v
+            metrics.append(k) if k not in metrics else None
+        rows.append(row)
+    base = ["run_id", "start", "status"] + (["kind"] if children else [])
+    return rows, base + params + sorted(metrics)
+
+
+def _time(ms: int | None) -> str:
+    from datetime import datetime
+
+    return "" if ms is None else datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")

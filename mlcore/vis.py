@@ -1,0 +1,111 @@
+"""Image grids and plots. Every plot helper returns a matplotlib Figure built without pyplot,
+so nothing is shown or saved here and no display is needed; the caller decides."""
+
+from __future__ import annotations
+
+from math import ceil, sqrt
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def visualize_grid(Xs, ubound=255.0, padding=1):
+    """Tile N images into one square-ish grid, each rescaled to [0, ubound].
+
+    Xs: (N, H, W, C). Returns the grid (G * H + (G - 1) * padding, G * W + (G - 1) * padding, C)
+    with G = ceil(sqrt(N)); padding and unused cells are zero. A constant image becomes zeros.
+    """
+    Xs = np.asarray(Xs)
+    if Xs.ndim != 4:
+        raise ValueError(f"visualize_grid: Xs must be (N, H, W, C), got shape {Xs.shape}")
+    N, H, W, C = Xs.shape
+    grid_size = int(ceil(sqrt(N)))
+    grid_height = H * grid_size + padding * (grid_size - 1)
+    grid_width = W * grid_size + padding * (grid_size - 1)
+    grid = np.zeros((grid_height, grid_width, C))
+    for idx in range(N):
+        row, col = divmod(idx, grid_size)
+        y0, x0 = row * (H + padding), col * (W + padding)
+        img = Xs[idx]
+        low, high = np.min(img), np.max(img)
+        if high > low:
+            grid[y0 : y0 + H, x0 : x0 + W] = ubound * (img - low) / (high - low)
+    return grid
+
+
+def plot_training_curves(loss_history, train_acc_history, val_acc_history):
+    """Two panels: the training loss per iteration, and train / val accuracy per epoch."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss.plot(np.asarray(loss_history), "o", markersize=2)
+    ax_loss.set(title="Training loss", xlabel="Iteration", ylabel="Loss")
+    ax_acc.plot(np.asarray(train_acc_history), "-o", label="train")
+    ax_acc.plot(np.asarray(val_acc_history), "-o", label="val")
+    ax_acc.set(title="Accuracy", xlabel="Epoch", ylabel="Accuracy")
+    ax_acc.legend(loc="lower right")
+    return fig
+
+
+def plot_filter_grid(W1, title="First-layer filters"):
+    """Show conv filters W1 (F, C, HH, WW) as one image grid (grayscale when C == 1)."""
+    W1 = np.asarray(W1)
+    if W1.ndim != 4:
+        raise ValueError(f"plot_filter_grid: W1 must be (F, C, HH, WW), got shape {W1.shape}")
+    grid = visualize_grid(W1.transpose(0, 2, 3, 1), ubound=1.0)
+    fig = Figure(figsize=(5, 5), layout="constrained")
+    ax = fig.subplots()
+    if grid.shape[2] == 1:
+        ax.imshow(grid[:, :, 0], cmap="gray", vmin=0.0, vmax=1.0)
+    elif grid.shape[2] == 3:
+        ax.imshow(grid)
+    else:
+        raise ValueError(f"plot_filter_grid: filters need 1 or 3 channels, got W1 {W1.shape}")
+    ax.set_title(title)
+    ax.axis("off")
+    return fig
+
+
+def _two_vectors(fn, y_true, y_pred):
+    y_true, y_pred = np.ravel(y_true), np.ravel(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            f"{fn}: y_true and y_pred have {y_true.size} and {y_pred.size} values; they must match"
+        )
+    return y_true, y_pred
+
+
+def plot_predicted_vs_true(y_true, y_pred, title="Predicted vs true"):
+    """Scatter of predictions against targets with the y = x line."""
+    y_true, y_pred = _two_vectors("plot_predicted_vs_true", y_true, y_pred)
+    fig = Figure(figsize=(5, 5), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(y_true, y_pred, s=10, alpha=0.7)
+    both = np.concatenate([y_true, y_pred])
+    lo, hi = (both.min(), both.max()) if both.size else (0.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="y = x")
+    ax.set(title=title, xlabel="True", ylabel="Predicted")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def plot_residuals(y_true, y_pred, title="Residuals"):
+    """Residuals (true - predicted) against the predictions, with the zero line."""
+    y_true, y_pred = _two_vectors("plot_residuals", y_true, y_pred)
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(y_pred, y_true - y_pred, s=10, alpha=0.7)
+    ax.axhline(0.0, color="k", linestyle="--", linewidth=1)
+    ax.set(title=title, xlabel="Predicted", ylabel="Residual (true - predicted)")
+    return fig
+
+
+def plot_loss_curve(loss_history, val_loss_history=None, title="Loss"):
+    """Training loss per step, optionally with a validation loss on the same axes."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(np.asarray(loss_history), label="train")
+    if val_loss_history is not None:
+        ax.plot(np.asarray(val_loss_history), label="val")
+    ax.set(title=title, xlabel="Step", ylabel="Loss")
+    ax.legend(loc="upper right")
+    return fig

@@ -1,0 +1,30 @@
+"""Build the Cython fast-layer extension; everything else is declared in pyproject.toml."""
+
+import os
+import sys
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+extra_compile = ["-O3", *openmp]
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+directives = {"language_level": 3, "boundscheck": False, "wraparound": False, "cdivision": True}
+if os.environ.get(
+    "MLCORE_BOUNDSCHECK"
+):  # a checked build for the tests that look for stray reads/writes
+    directives.update(boundscheck=True, wraparound=True)
+
+extensions = [
+    Extension(
+        "mlcore.nn._fast",
+        ["mlcore/nn/_fast.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=macros,
+        extra_compile_args=extra_compile,
+        extra_link_args=openmp,
+    )
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=directives))

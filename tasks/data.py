@@ -1,0 +1,94 @@
+"""Data steps: fetch (retried, cached), load and split, standardize on the training rows."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from mlcore.data import fetch, get_dataset, load_libsvm, split_like_course
+from mlcore.data.registry import data_dir
+from mlcore.preprocessing import Standardizer
+from tasks import tracking
+
+SPLITS = ("train", "val", "test")
+
+
+def _fetch_cache_key(context, parameters) -> str:
+    """Cached on dataset name + sha256 (and the cache folder); a cached path whose file is
+    gone is not a hit."""
+    ds = get_dataset(parameters["name"])
+    path = (data_dir() / ds.filename).resolve()
+    key = f"fetch-{ds.name}-{ds.sha256}-{path}"
+    if not path.is_file():
+        key += f"-missing-{np.random.default_rng().integers(1 << 62)}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _is_network_error(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except ConnectionError:
+        return True
+    except Exception:  # noqa: BLE001 - a checksum or registry error will not heal by retrying
+        return False
+    return False
+
+
+@task(
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=_is_network_error,
+    cache_key_fn=_fetch_cache_key,
+    persist_result=True,
+    result_serializer="json",
+)
+def fetch_dataset(name: str) -> str:
+    """Download dataset ``name`` (or take it from the cache) and return its local path."""
+    return str(fetch(name))
+
+
+@task
+def load_split(
+    path: str, test_size: float = 0.33, random_state: int = 42, val_split: float = 0.2
+) -> dict[str, np.ndarray]:
+    """Parse a LIBSVM file and split it as the course does."""
+    X, y = load_libsvm(Path(path))
+    return split_like_course(X, y, test_size, random_state, val_split)
+
+
+def feature_stats_table(before: dict, after: dict) -> pd.DataFrame:
+    """Per-feature mean and variance of each split, before and after standardization."""
+    n = before["X_train"].shape[1]
+    table = {"feature": [f"x{j + 1}" for j in range(n)]}
+    for stage, data in (("raw", before), ("std", after)):
+        for split in SPLITS:
+            X = data[f"X_{split}"]
+            table[f"{split}_mean_{stage}"] = X.mean(axis=0)
+            table[f"{split}_var_{stage}"] = X.var(axis=0)
+    return pd.DataFrame(table)
+
+
+@task
+def standardize(split: dict, run_id: str | None = None) -> tuple[dict, Standardizer]:
+    """Fit a Standardizer on X_train only and apply it to every split; log the course's
+    table of feature means/variances before and after to ``run_id``."""
+    scaler = Standardizer().fit(split["X_train"])
+    out = dict(split)
+    for name in SPLITS:
+        out[f"X_{name}"] = scaler.transform(split[f"X_{name}"])
+    if run_id:
+        tracking.log_dataframe(run_id, feature_stats_table(split, out), "feature_stats.csv")
+    return out, scaler
+
+
+@task
+def log_dataset(run_id: str, name: str, path: str, split: dict[str, np.ndarray]) -> None:
+    """Tag the run with the dataset's sha256 and ``log_input`` its training rows."""
+    ds = get_dataset(name)
+    tracking.set_tags(run_id, {"data.name": ds.name, "data.sha256": ds.sha256, "data.path": path})
+    tracking.log_dataset(run_id, split["X_train"], split["y_train"], ds.name, ds.url, ds.sha256)

@@ -1,0 +1,229 @@
+"""The one place that talks to MLflow: runs, tags, params, metrics, artifacts and models.
+
+Every function takes an explicit ``run_id``: Prefect runs tasks in worker threads and MLflow's
+active run is per thread, so nothing here relies on a run being "active" except the child
+runs, which are started in the thread that logs them with an explicit ``parent_run_id``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import DatasetInput, InputTag, Metric, RunStatus  # noqa: E402
+
+PYFUNC_DIR = Path(__file__).parent / "pyfunc"
+# our pyfunc models take plain arrays and declare their signature explicitly
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit the code runs from, with ``-dirty`` when the work tree has changes."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def experiment_id(name: str) -> str:
+    exp = client().get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client().create_experiment(name)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+        return client().get_experiment_by_name(name).experiment_id
+
+
+def _prefect_flow_run_id() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id or "")
+    except Exception:  # noqa: BLE001 - outside a flow there is simply no id
+        return ""
+
+
+def _stringify(params: Mapping) -> dict[str, str]:
+    return {
+        k: ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
+        for k, v in params.items()
+    }
+
+
+@contextlib.contextmanager
+def parent_run(
+    experiment: str, flow: str, params: Mapping, tags: Mapping | None = None
+) -> Iterator[str]:
+    """Create the flow run's MLflow run and yield its id; end it FINISHED, or FAILED (and
+    re-raise) if the body raises -- a failed flow never leaves its run RUNNING."""
+    all_tags = {
+        "prefect.flow_run_id": _prefect_flow_run_id(),
+        "mlcore.flow": flow,
+        "git_commit": git_commit(),
+        **(tags or {}),
+    }
+    run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=f"{flow}")
+    run_id = run.info.run_id
+    try:
+        log_params(run_id, params)
+        yield run_id
+    except BaseException:
+        client().set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client().set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+@contextlib.contextmanager
+def child_run(parent_run_id: str, run_name: str, params: Mapping) -> Iterator[str]:
+    """Start a child run in the calling thread (so pyfunc.log_model can use it) under
+    an explicit parent; ended FAILED if the body raises."""
+    parent = client().get_run(parent_run_id)
+    with mlflow.start_run(
+        experiment_id=parent.info.experiment_id,
+        parent_run_id=parent_run_id,
+        run_name=run_name,
+        tags={"mlcore.flow": parent.data.tags.get("mlcore.flow", ""), "git_commit": git_commit()},
+    ) as run:
+        mlflow.log_params(_stringify(params))
+        yield run.info.run_id
+
+
+def log_params(run_id: str, params: Mapping) -> None:
+    for key, value in _stringify(params).items():
+        client().log_param(run_id, key, value)
+
+
+def set_tags(run_id: str, tags: Mapping) -> None:
+    for key, value in tags.items():
+        client().set_tag(run_id, key, str(value))
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    log_metric_history(run_id, {k: [v] for k, v in metrics.items()}, first_step=step)
+
+
+def log_metric_history(
+    run_id: str, history: Mapping[str, list[float]], first_step: int = 0
+) -> None:
+    """Log whole series at once (``name -> values``, steps counted from ``first_step``),
+    in batches of MLflow's maximum size, instead of one request per point."""
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(name, float(v), now, first_step + i)
+        for name, values in history.items()
+        for i, v in enumerate(values)
+    ]
+    for start in range(0, len(batch), 1000):
+        client().log_batch(run_id, metrics=batch[start : start + 1000])
+
+
+def log_figure(run_id: str, figure, artifact_file: str) -> None:
+    client().log_figure(run_id, figure, artifact_file)
+
+
+def log_dataframe(run_id: str, df: pd.DataFrame, artifact_file: str) -> None:
+    """Log a table as CSV (readable in the MLflow UI's artifact view and by pandas)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        df.to_csv(path, index=False)
+        parent = str(Path(artifact_file).parent)
+        client().log_artifact(run_id, str(path), None if parent == "." else parent)
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    client().log_text(run_id, text, artifact_file)
+
+
+def log_dataset(
+    run_id: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    name: str,
+    source: str,
+    digest: str,
+    context: str = "training",
+) -> None:
+    """``log_input`` of a dataset, by explicit run id."""
+    ds = mlflow.data.from_numpy(X, targets=y, source=source, name=name, digest=digest[:36])
+    tags = [InputTag(key="mlflow.data.context", value=context)]
+    client().log_inputs(run_id, [DatasetInput(dataset=ds._to_mlflow_entity(), tags=tags)])
+
+
+def log_pyfunc_model(
+    kind: str,
+    arrays: Mapping[str, np.ndarray],
+    input_example: np.ndarray,
+    name: str = "model",
+    extra_pip: tuple[str, ...] = (),
+) -> str:
+    """Log a pyfunc model to the active (child) run from code in ``tasks/pyfunc/<kind>.py``.
+
+    The parameters go in an ``.npz`` of plain arrays (read back with ``allow_pickle=False``);
+    the model's code is a file, not a pickled object. Returns the model URI.
+    """
+    from mlflow.models import infer_signature
+
+    code = PYFUNC_DIR / f"{kind}.py"
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "weights.npz"
+        np.savez(weights, **arrays)
+        model = _load_code_model(code, weights)
+        prediction = model.predict(None, input_example)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(code),
+            artifacts={"weights": str(weights)},
+            signature=infer_signature(input_example, prediction),
+            input_example=input_example,
+            pip_requirements=[f"numpy>={np.__version__.split('.')[0]}", "mlflow", *extra_pip],
+        )
+    return info.model_uri
+
+
+def _load_code_model(code: Path, weights: Path):
+    """Instantiate the pyfunc class of ``code`` locally, to compute the signature's output."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"mlcore_pyfunc_{code.stem}", code)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.MODEL_CLASS()
+    model.load_context(
+        mlflow.pyfunc.PythonModelContext(artifacts={"weights": str(weights)}, model_config={})
+    )
+    return model

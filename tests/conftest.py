@@ -1,0 +1,119 @@
+"""Shared fixtures: real data from ../shared/data, a loopback HTTP server, a temporary MLflow
+store per test, and one Prefect test harness per session (for whole-flow tests only)."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+# Prefect reads its settings at import: give the whole session a private PREFECT_HOME first.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="mlcore-prefect-home-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path | None:
+    """The folder of real data files: MLCORE_DATA_MIRROR if it is a folder, else ../shared/data."""
+    mirror = os.environ.get("MLCORE_DATA_MIRROR", "")
+    for candidate in (Path(mirror) if mirror else None, REPO.parent / "shared" / "data"):
+        if candidate is not None and (candidate / "housing_scale").is_file():
+            return candidate.resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Real data; skips where there is none, but fails in CI (MLCORE_REQUIRE_DATA=1), where
+    the real-data tests must run."""
+    found = shared_data_dir()
+    if found is None:
+        if os.environ.get("MLCORE_REQUIRE_DATA"):
+            pytest.fail("MLCORE_REQUIRE_DATA is set but no housing_scale under ../shared/data")
+        pytest.skip("no real data: set MLCORE_DATA_MIRROR to a folder holding housing_scale")
+    return found
+
+
+@pytest.fixture
+def data_env(shared_data, tmp_path, monkeypatch) -> Path:
+    """Datasets come from the shared folder (offline) into a fresh cache for this test."""
+    cache = tmp_path / "raw"
+    monkeypatch.setenv("MLCORE_DATA_MIRROR", str(shared_data))
+    monkeypatch.setenv("MLCORE_DATA_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def housing(shared_data):
+    """The course's split of the real housing_scale data, parsed once per session."""
+    from mlcore.data import load_libsvm, split_like_course
+
+    X, y = load_libsvm(shared_data / "housing_scale")
+    return split_like_course(X, y)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        self.server.hits.append(self.path)
+        status = self.server.status_for.get(self.path.lstrip("/"))
+        if status is not None:
+            self.send_error(status)
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A real HTTP server on a free loopback port serving ``root`` (a fresh folder).
+
+    Yields an object with ``url``, ``root``, ``hits`` (the paths requested) and
+    ``status_for`` (file name -> HTTP status to answer with instead)."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    def handler(*args, **kwargs):
+        return _Handler(*args, directory=str(root), **kwargs)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.hits, server.status_for, server.root = [], {}, root
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    """This test's own MLflow store, ``sqlite:///<tmp>/mlflow.db`` with artifacts beside it."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts of the default sqlite store land in ./mlruns here
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session, for whole-flow tests only."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

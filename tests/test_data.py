@@ -1,0 +1,126 @@
+"""The download layer for real: a loopback HTTP server serving the real housing_scale file."""
+
+import shutil
+
+import numpy as np
+import pytest
+from prefect import flow
+
+from mlcore.data import DataError, fetch, load_libsvm
+from mlcore.data.registry import get_dataset
+from tasks.data import fetch_dataset, load_split, standardize
+
+HOUSING = get_dataset("housing_scale")
+
+
+@pytest.fixture
+def served(http_server, shared_data, tmp_path, monkeypatch):
+    """housing_scale served over loopback HTTP, fetched into an empty cache."""
+    shutil.copy(shared_data / "housing_scale", http_server.root / "housing_scale")
+    monkeypatch.setenv("MLCORE_DATA_MIRROR", http_server.url)
+    monkeypatch.setenv("MLCORE_DATA_DIR", str(tmp_path / "cache"))
+    return http_server
+
+
+def test_fetch_downloads_verifies_and_reuses_the_cache(served, tmp_path):
+    path = fetch("housing_scale")
+    assert path == tmp_path / "cache" / "housing_scale"
+    assert path.stat().st_size == HOUSING.size == 72_154
+    assert served.hits == ["/housing_scale"]
+    assert fetch("housing_scale") == path  # second fetch: from the cache, no request
+    assert served.hits == ["/housing_scale"]
+    X, y = load_libsvm(path)
+    assert X.shape == (506, 13) and y.shape == (506, 1) and X.dtype == np.float64
+
+
+def test_corrupted_download_fails_the_checksum_and_leaves_no_file(served, tmp_path):
+    data = bytearray((served.root / "housing_scale").read_bytes())
+    data[100] ^= 1  # one flipped bit
+    (served.root / "housing_scale").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="housing_scale: checksum mismatch .* discarded"):
+        fetch("housing_scale")
+    cache = tmp_path / "cache"
+    assert list(cache.iterdir()) == []
+
+
+def test_corrupted_cached_file_is_replaced(served, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "housing_scale").write_text("not the data\n")
+    path = fetch("housing_scale")
+    assert len(served.hits) == 1 and path.stat().st_size == HOUSING.size
+
+
+def test_unreachable_server_fails_clearly_after_the_retries(served, prefect_harness):
+    served.status_for["housing_scale"] = 503
+
+    @flow
+    def fetch_only():
+        return fetch_dataset.with_options(retries=2, retry_delay_seconds=0)("housing_scale")
+
+    with pytest.raises(
+        ConnectionError, match="housing_scale: could not download http://127.0.0.1:.*503"
+    ):
+        fetch_only()
+    assert served.hits == ["/housing_scale"] * 3  # one try and two retries
+
+
+def test_refused_connection_is_a_clear_error(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLCORE_DATA_MIRROR", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLCORE_DATA_DIR", str(tmp_path / "cache"))
+    with pytest.raises(
+        ConnectionError, match=f"could not download http://127.0.0.1:{port}/housing_scale"
+    ):
+        fetch_dataset.fn("housing_scale")
+    assert not (tmp_path / "cache" / "housing_scale").exists()
+
+
+def test_fetch_dataset_task_is_cached_on_name_and_sha(served, prefect_harness):
+    @flow
+    def fetch_twice():
+        return fetch_dataset("housing_scale"), fetch_dataset("housing_scale")
+
+    first, second = fetch_twice()
+    assert first == second
+    assert served.hits == ["/housing_scale"]
+
+
+def test_directory_mirror_and_its_errors(data_env, tmp_path, monkeypatch):
+    assert fetch("housing_scale").read_bytes()[:3] == b"24 "
+    monkeypatch.setenv("MLCORE_DATA_MIRROR", str(tmp_path / "empty"))
+    monkeypatch.setenv("MLCORE_DATA_DIR", str(tmp_path / "other-cache"))
+    with pytest.raises(DataError, match="MLCORE_DATA_MIRROR=.* has no file 'housing_scale'"):
+        fetch("housing_scale")
+    with pytest.raises(DataError, match="unknown dataset 'nope'; known datasets: .*housing_scale"):
+        fetch("nope")
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("24.0 1:0.5 2:abc\n", "not a valid LIBSVM/svmlight file"),
+        ("24.0 1:0.5 1:0.3\n", "not a valid LIBSVM/svmlight file"),
+        ("", "not a valid LIBSVM/svmlight file|no data rows"),
+    ],
+)
+def test_malformed_libsvm_file_names_the_file(tmp_path, content, match):
+    bad = tmp_path / "bad.svm"
+    bad.write_text(content)
+    with pytest.raises(DataError, match=f"{bad}: ({match})"):
+        load_libsvm(bad)
+    with pytest.raises(DataError, match="no such file"):
+        load_libsvm(tmp_path / "missing")
+
+
+def test_load_split_and_standardize_tasks(data_env, shared_data):
+    split = load_split.fn(str(shared_data / "housing_scale"))
+    assert [len(split[k]) for k in ("X_train", "X_val", "X_test")] == [272, 67, 167]
+    data, scaler = standardize.fn(split)
+    np.testing.assert_allclose(data["X_train"].mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(scaler.mean_, split["X_train"].mean(axis=0))
+    np.testing.assert_allclose(data["X_test"], (split["X_test"] - scaler.mean_) / scaler.scale_)
