@@ -1,0 +1,104 @@
+"""Sandwich layers: common chains of layers as one forward/backward pair.
+
+The conv and pool implementations used here (and by mlcore.nn.cnn) are the four module-level
+names below, looked up at call time; pointing them at fast layers with the same signatures
+and cache contract is a one-place edit.
+"""
+
+from __future__ import annotations
+
+from mlcore.nn.layers import (
+    affine_backward,
+    affine_forward,
+    batchnorm_backward_alt,
+    batchnorm_forward,
+    conv_backward_naive,
+    conv_forward_naive,
+    max_pool_backward_naive,
+    max_pool_forward_naive,
+    relu_backward,
+    relu_forward,
+    spatial_batchnorm_backward,
+    spatial_batchnorm_forward,
+)
+
+conv_forward = conv_forward_naive
+conv_backward = conv_backward_naive
+max_pool_forward = max_pool_forward_naive
+max_pool_backward = max_pool_backward_naive
+
+
+def affine_relu_forward(x, w, b):
+    """affine -> relu. x: (N, d_1, ..., d_k); w: (D, M); b: (M,). Returns out (N, M), cache."""
+    a, fc_cache = affine_forward(x, w, b)
+    out, relu_cache = relu_forward(a)
+    return out, (fc_cache, relu_cache)
+
+
+def affine_relu_backward(dout, cache):
+    """dout: (N, M). Returns dx, dw, db."""
+    fc_cache, relu_cache = cache
+    return affine_backward(relu_backward(dout, relu_cache), fc_cache)
+
+
+def affine_bn_relu_forward(x, w, b, gamma, beta, bn_param):
+    """affine -> batchnorm -> relu. gamma, beta: (M,). Returns out (N, M), cache."""
+    a, fc_cache = affine_forward(x, w, b)
+    an, bn_cache = batchnorm_forward(a, gamma, beta, bn_param)
+    out, relu_cache = relu_forward(an)
+    return out, (fc_cache, bn_cache, relu_cache)
+
+
+def affine_bn_relu_backward(dout, cache):
+    """dout: (N, M). Returns dx, dw, db, dgamma, dbeta."""
+    fc_cache, bn_cache, relu_cache = cache
+    dan = relu_backward(dout, relu_cache)
+    da, dgamma, dbeta = batchnorm_backward_alt(dan, bn_cache)
+    dx, dw, db = affine_backward(da, fc_cache)
+    return dx, dw, db, dgamma, dbeta
+
+
+def conv_relu_forward(x, w, b, conv_param):
+    """conv -> relu. x: (N, C, H, W); w: (F, C, HH, WW); b: (F,). Returns out, cache."""
+    a, conv_cache = conv_forward(x, w, b, conv_param)
+    out, relu_cache = relu_forward(a)
+    return out, (conv_cache, relu_cache)
+
+
+def conv_relu_backward(dout, cache):
+    """dout: (N, F, H', W'). Returns dx, dw, db."""
+    conv_cache, relu_cache = cache
+    return conv_backward(relu_backward(dout, relu_cache), conv_cache)
+
+
+def conv_bn_relu_forward(x, w, b, gamma, beta, conv_param, bn_param):
+    """conv -> spatial batchnorm -> relu. gamma, beta: (F,). Returns out, cache."""
+    a, conv_cache = conv_forward(x, w, b, conv_param)
+    an, bn_cache = spatial_batchnorm_forward(a, gamma, beta, bn_param)
+    out, relu_cache = relu_forward(an)
+    return out, (conv_cache, bn_cache, relu_cache)
+
+
+def conv_bn_relu_backward(dout, cache):
+    """dout: (N, F, H', W'). Returns dx, dw, db, dgamma, dbeta."""
+    conv_cache, bn_cache, relu_cache = cache
+    dan = relu_backward(dout, relu_cache)
+    da, dgamma, dbeta = spatial_batchnorm_backward(dan, bn_cache)
+    dx, dw, db = conv_backward(da, conv_cache)
+    return dx, dw, db, dgamma, dbeta
+
+
+def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
+    """conv -> relu -> max pool. Returns out (N, F, H'', W''), cache."""
+    a, conv_cache = conv_forward(x, w, b, conv_param)
+    s, relu_cache = relu_forward(a)
+    out, pool_cache = max_pool_forward(s, pool_param)
+    return out, (conv_cache, relu_cache, pool_cache)
+
+
+def conv_relu_pool_backward(dout, cache):
+    """dout: (N, F, H'', W''). Returns dx, dw, db."""
+    conv_cache, relu_cache, pool_cache = cache
+    ds = max_pool_backward(dout, pool_cache)
+    da = relu_backward(ds, relu_cache)
+    return conv_backward(da, conv_cache)

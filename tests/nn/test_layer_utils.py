@@ -1,0 +1,143 @@
+"""Sandwich layers: numeric gradient checks (course configurations) and the swappable
+conv / pool names."""
+
+import numpy as np
+import pytest
+
+from mlcore.nn import layer_utils, layers
+from mlcore.nn.gradient_check import eval_numerical_gradient_array
+from mlcore.nn.gradient_check import rel_error as rel
+from mlcore.nn.layer_utils import (
+    affine_bn_relu_backward,
+    affine_bn_relu_forward,
+    affine_relu_backward,
+    affine_relu_forward,
+    conv_bn_relu_backward,
+    conv_bn_relu_forward,
+    conv_relu_backward,
+    conv_relu_forward,
+    conv_relu_pool_backward,
+    conv_relu_pool_forward,
+)
+
+# the course: errors "around 1e-8 or less" for the conv sandwiches; the max over many elements
+# of a relative error of that order
+CONV_TOL = 5e-8
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(231)
+
+
+def check_sandwich(forward, backward, inputs, dout, tol, extra=(), zero=()):
+    """Compare every gradient of backward with centred differences of forward. Gradients in
+    ``zero`` are identically zero (a bias followed by batch norm), where a relative error is
+    meaningless: both must be zero up to rounding instead."""
+    _, cache = forward(*inputs, *extra)
+    grads = backward(dout, cache)
+    assert len(grads) == len(inputs)
+    for i, (arr, grad) in enumerate(zip(inputs, grads, strict=True)):
+        assert grad.shape == arr.shape
+
+        def f(_):
+            return forward(*inputs, *extra)[0]
+
+        num = eval_numerical_gradient_array(f, arr, dout)
+        if i in zero:
+            assert np.abs(grad).max() < 1e-12 and np.abs(num).max() < 1e-9, f"gradient {i}"
+        else:
+            assert rel(grad, num) < tol, f"gradient {i}"
+
+
+def test_affine_relu(rng):
+    x = rng.standard_normal((2, 3, 4))
+    w = rng.standard_normal((12, 10))
+    b = rng.standard_normal(10)
+    dout = rng.standard_normal((2, 10))
+    check_sandwich(affine_relu_forward, affine_relu_backward, (x, w, b), dout, 1e-8)
+
+
+def test_affine_bn_relu(rng):
+    x = rng.standard_normal((6, 5)) * 3 + 1
+    w = rng.standard_normal((5, 4))
+    b = rng.standard_normal(4)
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    dout = rng.standard_normal((6, 4))
+    check_sandwich(
+        affine_bn_relu_forward,
+        affine_bn_relu_backward,
+        (x, w, b, gamma, beta),
+        dout,
+        1e-6,
+        extra=({"mode": "train"},),
+        zero=(2,),
+    )
+
+
+def test_conv_relu_course_config(rng):
+    x = rng.standard_normal((2, 3, 8, 8))
+    w = rng.standard_normal((3, 3, 3, 3))
+    b = rng.standard_normal(3)
+    dout = rng.standard_normal((2, 3, 8, 8))
+    conv_param = {"stride": 1, "pad": 1}
+    check_sandwich(conv_relu_forward, conv_relu_backward, (x, w, b), dout, CONV_TOL, (conv_param,))
+
+
+def test_conv_relu_pool_course_config(rng):
+    x = rng.standard_normal((2, 3, 16, 16))
+    w = rng.standard_normal((3, 3, 3, 3))
+    b = rng.standard_normal(3)
+    dout = rng.standard_normal((2, 3, 8, 8))
+    conv_param = {"stride": 1, "pad": 1}
+    pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
+    check_sandwich(
+        conv_relu_pool_forward,
+        conv_relu_pool_backward,
+        (x, w, b),
+        dout,
+        CONV_TOL,
+        (conv_param, pool_param),
+    )
+
+
+def test_conv_bn_relu(rng):
+    x = rng.standard_normal((2, 3, 5, 5))
+    w = rng.standard_normal((4, 3, 3, 3))
+    b = rng.standard_normal(4)
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    dout = rng.standard_normal((2, 4, 5, 5))
+    check_sandwich(
+        conv_bn_relu_forward,
+        conv_bn_relu_backward,
+        (x, w, b, gamma, beta),
+        dout,
+        1e-6,
+        extra=({"stride": 1, "pad": 1}, {"mode": "train"}),
+        zero=(2,),
+    )
+
+
+def test_conv_and_pool_go_through_module_level_names(monkeypatch, rng):
+    assert layer_utils.conv_forward is layers.conv_forward_naive
+    assert layer_utils.conv_backward is layers.conv_backward_naive
+    assert layer_utils.max_pool_forward is layers.max_pool_forward_naive
+    assert layer_utils.max_pool_backward is layers.max_pool_backward_naive
+    calls = []
+
+    def spy(name, fn):
+        def wrapped(*args):
+            calls.append(name)
+            return fn(*args)
+
+        return wrapped
+
+    for name in ("conv_forward", "conv_backward", "max_pool_forward", "max_pool_backward"):
+        monkeypatch.setattr(layer_utils, name, spy(name, getattr(layer_utils, name)))
+    x = rng.standard_normal((1, 1, 4, 4))
+    w, b = rng.standard_normal((1, 1, 3, 3)), np.zeros(1)
+    out, cache = conv_relu_pool_forward(
+        x, w, b, {"stride": 1, "pad": 1}, {"pool_height": 2, "pool_width": 2, "stride": 2}
+    )
+    conv_relu_pool_backward(np.ones_like(out), cache)
+    assert calls == ["conv_forward", "max_pool_forward", "max_pool_backward", "conv_backward"]

@@ -1,0 +1,203 @@
+"""Solver: learning on real digits, determinism, checkpoint/resume, callbacks, validation."""
+
+import os
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from mlcore.nn import Solver, ThreeLayerConvNet
+from mlcore.nn.optim import sgd
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    X = d.images[:, None].astype(np.float64)  # (1797, 1, 8, 8), pixel values 0..16
+    X = (X - X[:1200].mean()) / X[:1200].std()  # statistics from the training rows only
+    return X, d.target
+
+
+def small_net(seed=0, **kw):
+    args = dict(input_dim=(1, 8, 8), num_filters=16, filter_size=3, hidden_dim=64)
+    args.update(kw)
+    return ThreeLayerConvNet(weight_scale=0.1, seed=seed, **args)
+
+
+def data_dict(X, y, n_train, n_val):
+    return {
+        "X_train": X[:n_train],
+        "y_train": y[:n_train],
+        "X_val": X[n_train : n_train + n_val],
+        "y_val": y[n_train : n_train + n_val],
+    }
+
+
+def test_overfits_small_data(digits):
+    X, y = digits
+    model = small_net(num_filters=32, hidden_dim=100)
+    solver = Solver(
+        model,
+        data_dict(X, y, 100, 300),
+        num_epochs=15,
+        batch_size=50,
+        update_rule="adam",
+        optim_config={"learning_rate": 1e-3},
+        verbose=False,
+        seed=0,
+    )
+    solver.train()
+    assert len(solver.loss_history) == 15 * 2
+    assert len(solver.train_acc_history) == len(solver.val_acc_history) == 16
+    assert solver.train_acc_history[-1] >= 0.9
+    assert solver.val_acc_history[-1] < solver.train_acc_history[-1]  # it overfits
+    assert solver.loss_history[-1] < 0.5 * solver.loss_history[0]
+
+
+def test_learns_digits(digits):
+    X, y = digits
+    model = small_net()
+    solver = Solver(
+        model,
+        data_dict(X, y, 1200, 300),
+        num_epochs=8,
+        batch_size=50,
+        update_rule="adam",
+        optim_config={"learning_rate": 1e-3},
+        verbose=False,
+        seed=0,
+    )
+    solver.train()
+    assert solver.best_val_acc >= 0.9
+    # the best parameters are back in the model: the full validation accuracy is the best one
+    assert solver.check_accuracy(solver.X_val, solver.y_val) == solver.best_val_acc
+    for name, w in solver.best_params.items():
+        np.testing.assert_array_equal(model.params[name], w)
+    assert np.mean(model.predict(X[1500:]) == y[1500:]) >= 0.85  # held-out rows
+
+
+def run(digits, seed, **kw):
+    X, y = digits
+    args = dict(
+        num_epochs=2,
+        batch_size=50,
+        update_rule="adam",
+        optim_config={"learning_rate": 2e-3},
+        lr_decay=0.9,
+        num_train_samples=100,
+        num_val_samples=50,
+        verbose=False,
+        seed=seed,
+    )
+    args.update(kw)
+    solver = Solver(small_net(seed=1), data_dict(X, y, 300, 100), **args)
+    solver.train()
+    return solver
+
+
+def test_same_seed_same_run(digits):
+    a, b, c = run(digits, 5), run(digits, 5), run(digits, 6)
+    np.testing.assert_array_equal(a.loss_history, b.loss_history)
+    assert a.train_acc_history == b.train_acc_history and a.val_acc_history == b.val_acc_history
+    for name in a.model.params:
+        np.testing.assert_array_equal(a.model.params[name], b.model.params[name])
+    assert not np.array_equal(a.loss_history, c.loss_history)
+
+
+def test_checkpoint_resume_equals_straight_run(digits, tmp_path):
+    straight = run(digits, 3)
+    name = str(tmp_path / "run")
+    first = run(digits, 3, num_epochs=1, checkpoint_name=name)
+    assert sorted(os.listdir(tmp_path)) == ["run_epoch_1.npz"]  # no temporary files left
+    with np.load(f"{name}_epoch_1.npz", allow_pickle=False) as f:
+        assert int(f["epoch"]) == 1 and int(f["iteration"]) == 6
+        assert int(f["optim/W1/t"]) == 6
+        assert f["optim/W1/m"].shape == first.model.params["W1"].shape
+        assert float(f["optim/b3/learning_rate"]) == pytest.approx(2e-3 * 0.9)
+        assert f["param/W2"].dtype == np.float32
+
+    resumed = run(digits, 3, resume_from=f"{name}_epoch_1.npz", checkpoint_name=name)
+    assert sorted(os.listdir(tmp_path)) == ["run_epoch_1.npz", "run_epoch_2.npz"]
+    np.testing.assert_array_equal(resumed.loss_history, straight.loss_history)
+    assert resumed.train_acc_history == straight.train_acc_history
+    assert resumed.val_acc_history == straight.val_acc_history
+    assert resumed.best_val_acc == straight.best_val_acc
+    assert resumed.epoch == straight.epoch == 2
+    for p in straight.model.params:
+        np.testing.assert_array_equal(resumed.model.params[p], straight.model.params[p])
+        for key, value in straight.optim_configs[p].items():
+            np.testing.assert_array_equal(resumed.optim_configs[p][key], value)
+    assert resumed.optim_configs["W1"]["learning_rate"] == pytest.approx(2e-3 * 0.9**2)
+
+
+def test_checkpoint_must_match_model(digits, tmp_path):
+    X, y = digits
+    name = str(tmp_path / "ck")
+    run(digits, 0, num_epochs=1, checkpoint_name=name)
+    with pytest.raises(ValueError, match=r"does not match the model.*W2"):
+        Solver(
+            small_net(hidden_dim=32),
+            data_dict(X, y, 300, 100),
+            resume_from=f"{name}_epoch_1.npz",
+            verbose=False,
+        )
+
+
+def test_callback_calls(digits):
+    events = []
+    solver = run(digits, 0, num_epochs=3, callback=lambda kind, info: events.append((kind, info)))
+    iterations = [info for kind, info in events if kind == "iteration"]
+    epochs = [info for kind, info in events if kind == "epoch"]
+    assert len(iterations) == 3 * 6
+    assert all(set(i) == {"iteration", "epoch", "loss"} for i in iterations)
+    assert [i["iteration"] for i in iterations] == list(range(1, 19))
+    assert [i["epoch"] for i in iterations] == [0] * 6 + [1] * 6 + [2] * 6
+    assert [i["loss"] for i in iterations] == solver.loss_history
+    # once after the first iteration, then at each epoch end
+    assert len(epochs) == 4
+    assert all(set(e) == {"epoch", "iteration", "train_acc", "val_acc", "lr"} for e in epochs)
+    assert [(e["epoch"], e["iteration"]) for e in epochs] == [(0, 1), (1, 6), (2, 12), (3, 18)]
+    assert [e["val_acc"] for e in epochs] == solver.val_acc_history
+    assert [e["train_acc"] for e in epochs] == solver.train_acc_history
+    assert epochs[-1]["lr"] == pytest.approx(2e-3 * 0.9**3)
+
+
+def test_callable_update_rule_and_sgd_default(digits):
+    calls = []
+
+    def rule(w, dw, config):
+        calls.append(1)
+        return sgd(w, dw, config)
+
+    solver = run(digits, 0, num_epochs=1, update_rule=rule, optim_config={})
+    assert len(calls) == 6 * len(solver.model.params)
+    assert solver.optim_configs["W1"]["learning_rate"] == pytest.approx(1e-2 * 0.9)
+
+
+def test_check_accuracy_subsampling_is_seeded(digits):
+    X, y = digits
+    accs = []
+    for _ in range(2):
+        s = Solver(small_net(), data_dict(X, y, 300, 100), seed=9, verbose=False)
+        accs.append([s.check_accuracy(X[:500], y[:500], num_samples=37) for _ in range(3)])
+    assert accs[0] == accs[1]
+    full = Solver(small_net(), data_dict(X, y, 300, 100), verbose=False)
+    expected = np.mean(small_net().predict(X[:250]) == y[:250])
+    assert full.check_accuracy(X[:250], y[:250], batch_size=30) == expected
+
+
+def test_validation(digits):
+    X, y = digits
+    data = data_dict(X, y, 100, 50)
+    with pytest.raises(ValueError, match="invalid update_rule 'adagrad'"):
+        Solver(small_net(), data, update_rule="adagrad")
+    with pytest.raises(ValueError, match=r"data is missing \['y_val'\]"):
+        Solver(small_net(), {k: v for k, v in data.items() if k != "y_val"})
+    with pytest.raises(ValueError, match="X_train has 100 rows but y_train has 99"):
+        Solver(small_net(), dict(data, y_train=y[:99]))
+    with pytest.raises(ValueError, match="X_val has 50 rows but y_val has 3"):
+        Solver(small_net(), dict(data, y_val=y[:3]))
+    with pytest.raises(ValueError, match="unrecognized arguments: learning_rate"):
+        Solver(small_net(), data, learning_rate=1e-3)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        Solver(small_net(), data, batch_size=0)

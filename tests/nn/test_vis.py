@@ -1,0 +1,81 @@
+"""visualize_grid values and shapes; plot helpers return Figures with the expected axes."""
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from mlcore.vis import (
+    plot_filter_grid,
+    plot_loss_curve,
+    plot_predicted_vs_true,
+    plot_residuals,
+    plot_training_curves,
+    visualize_grid,
+)
+
+
+def test_visualize_grid_layout_and_scaling():
+    rng = np.random.default_rng(0)
+    Xs = rng.standard_normal((5, 3, 4, 2))  # 5 images -> a 3x3 grid
+    grid = visualize_grid(Xs, ubound=255.0, padding=1)
+    assert grid.shape == (3 * 3 + 2, 3 * 4 + 2, 2)
+    for idx in range(5):
+        r, c = divmod(idx, 3)
+        cell = grid[r * 4 : r * 4 + 3, c * 5 : c * 5 + 4]
+        img = Xs[idx]
+        np.testing.assert_allclose(cell, 255 * (img - img.min()) / (img.max() - img.min()))
+    assert not grid[3].any() and not grid[:, 4].any()  # padding rows and columns
+    assert not grid[8:, 5:].any()  # unused cells (6th to 9th) stay zero
+    assert grid.min() == 0 and grid.max() == 255
+
+
+def test_visualize_grid_padding_and_constant_image():
+    Xs = np.ones((4, 2, 2, 1))
+    Xs[1] = np.arange(4).reshape(2, 2, 1)
+    grid = visualize_grid(Xs, ubound=1.0, padding=0)
+    assert grid.shape == (4, 4, 1)
+    np.testing.assert_allclose(grid[0:2, 2:4, 0], [[0, 1 / 3], [2 / 3, 1]])
+    assert not grid[0:2, 0:2].any()  # a constant image has no range: zeros, no NaN
+    with pytest.raises(ValueError, match=r"Xs must be \(N, H, W, C\)"):
+        visualize_grid(np.ones((2, 2, 2)))
+
+
+def test_plot_training_curves():
+    fig = plot_training_curves([2.3, 2.0, 1.5, 1.2], [0.1, 0.5, 0.7], [0.1, 0.4, 0.5])
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 2
+    loss_ax, acc_ax = fig.axes
+    np.testing.assert_array_equal(loss_ax.lines[0].get_ydata(), [2.3, 2.0, 1.5, 1.2])
+    assert len(acc_ax.lines) == 2
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_plot_filter_grid(channels):
+    W1 = np.random.default_rng(0).standard_normal((6, channels, 3, 3))
+    fig = plot_filter_grid(W1)
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    image = fig.axes[0].images[0].get_array()
+    expected = visualize_grid(W1.transpose(0, 2, 3, 1), ubound=1.0)
+    assert image.shape == ((3 * 3 + 2, 3 * 3 + 2) if channels == 1 else expected.shape)
+    np.testing.assert_allclose(np.asarray(image).reshape(expected.shape), expected)
+
+
+def test_regression_plots():
+    y_true = np.array([[1.0], [2.0], [3.0]])
+    y_pred = np.array([1.5, 1.5, 3.5])
+    fig = plot_predicted_vs_true(y_true, y_pred, title="test set")
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    assert fig.axes[0].get_title() == "test set"
+    fig = plot_residuals(y_true, y_pred, title="res")
+    assert len(fig.axes) == 1
+    offsets = fig.axes[0].collections[0].get_offsets()
+    np.testing.assert_allclose(offsets, [[1.5, -0.5], [1.5, 0.5], [3.5, -0.5]])
+    with pytest.raises(ValueError, match="3 and 2 values"):
+        plot_residuals(y_true, y_pred[:2])
+
+
+def test_plot_loss_curve():
+    fig = plot_loss_curve([3, 2, 1], title="loss")
+    assert isinstance(fig, Figure) and len(fig.axes) == 1 and len(fig.axes[0].lines) == 1
+    fig = plot_loss_curve([3, 2, 1], val_loss_history=[3.5, 2.5, 2], title="loss")
+    assert len(fig.axes[0].lines) == 2
