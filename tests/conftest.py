@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -97,11 +98,23 @@ def http_server(tmp_path):
         server.server_close()
 
 
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its schema created once: migrating a new database takes
+    seconds, copying a migrated one does not."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch) -> str:
+def mlflow_store(tmp_path, monkeypatch, _empty_mlflow_db) -> str:
     """This test's own MLflow store, ``sqlite:///<tmp>/mlflow.db`` with artifacts beside it."""
     import mlflow
 
+    shutil.copy(_empty_mlflow_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # artifacts of the default sqlite store land in ./mlruns here
