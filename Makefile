@@ -26,9 +26,9 @@ $(TEST_STAMP): $(STAMP)
 
 install: $(STAMP)
 
-## make run: the main job
+## make run: the main job (housing regression, gradient checks, ConvNet on digits)
 run: $(STAMP)
-	$(BIN)/mlcore run housing
+	$(BIN)/mlcore run pipeline
 
 ## make test: lint, format check, then the test suite
 test: $(TEST_STAMP) lint
@@ -38,10 +38,14 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## make bench: the fast-layer benchmark against PyTorch CPU (installs the [bench] extra)
+## make bench: the fast-layer benchmark against PyTorch CPU (installs the [bench] extra).
+## Writes bench/results/layers.{json,md}. Extra flags through BENCH_ARGS, e.g.
+## make bench BENCH_ARGS=--quick (smoke test), BENCH_ARGS=--memory (an epoch's peak memory),
+## BENCH_ARGS="--threads 4 --rounds 25".
+BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/layers.py
+	$(BIN)/python bench/layers.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build *.egg-info mlcore/nn/_fast.c mlcore/nn/_fast*.so

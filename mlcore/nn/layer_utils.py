@@ -1,31 +1,34 @@
 """Sandwich layers: common chains of layers as one forward/backward pair.
 
 The conv and pool implementations used here (and by mlcore.nn.cnn) are the four module-level
-names below, looked up at call time; pointing them at fast layers with the same signatures
-and cache contract is a one-place edit.
+names below, looked up at call time: the Cython fast layers by default (they fall back to a
+vectorised numpy path, with a warning, where the extension was never built). Point them at
+the naive layers, which have the same signatures and cache contract, to compare.
 """
 
 from __future__ import annotations
 
+from mlcore.nn.fast_layers import (
+    conv_backward_fast,
+    conv_forward_fast,
+    max_pool_backward_fast,
+    max_pool_forward_fast,
+)
 from mlcore.nn.layers import (
     affine_backward,
     affine_forward,
     batchnorm_backward_alt,
     batchnorm_forward,
-    conv_backward_naive,
-    conv_forward_naive,
-    max_pool_backward_naive,
-    max_pool_forward_naive,
     relu_backward,
     relu_forward,
     spatial_batchnorm_backward,
     spatial_batchnorm_forward,
 )
 
-conv_forward = conv_forward_naive
-conv_backward = conv_backward_naive
-max_pool_forward = max_pool_forward_naive
-max_pool_backward = max_pool_backward_naive
+conv_forward = conv_forward_fast
+conv_backward = conv_backward_fast
+max_pool_forward = max_pool_forward_fast
+max_pool_backward = max_pool_backward_fast
 
 
 def affine_relu_forward(x, w, b):

@@ -4,7 +4,7 @@ conv / pool names."""
 import numpy as np
 import pytest
 
-from mlcore.nn import layer_utils, layers
+from mlcore.nn import layer_utils
 from mlcore.nn.gradient_check import eval_numerical_gradient_array
 from mlcore.nn.gradient_check import rel_error as rel
 from mlcore.nn.layer_utils import (
@@ -119,10 +119,13 @@ def test_conv_bn_relu(rng):
 
 
 def test_conv_and_pool_go_through_module_level_names(monkeypatch, rng):
-    assert layer_utils.conv_forward is layers.conv_forward_naive
-    assert layer_utils.conv_backward is layers.conv_backward_naive
-    assert layer_utils.max_pool_forward is layers.max_pool_forward_naive
-    assert layer_utils.max_pool_backward is layers.max_pool_backward_naive
+    from mlcore.nn import fast_layers
+
+    # the fast layers are the default engine of the sandwiches and the ConvNet
+    assert layer_utils.conv_forward is fast_layers.conv_forward_fast
+    assert layer_utils.conv_backward is fast_layers.conv_backward_fast
+    assert layer_utils.max_pool_forward is fast_layers.max_pool_forward_fast
+    assert layer_utils.max_pool_backward is fast_layers.max_pool_backward_fast
     calls = []
 
     def spy(name, fn):

@@ -1,0 +1,271 @@
+# cython: language_level=3
+"""Cython kernels behind :mod:`mlcore.nn.fast_layers`.
+
+Fused float32/float64 kernels, all running without the GIL and split over
+OpenMP threads with ``prange`` (thread count: OpenMP's default, i.e. it respects
+``OMP_NUM_THREADS``, unless :func:`set_num_threads` overrides it):
+
+* ``im2col`` / ``col2im``: the column matrix of a convolution, padding handled
+  in the kernel (no padded copy of the input).  The column matrix is addressed as
+  ``cols[r * s_row + n * s_n + i * Wo + j]`` with ``r = (c * HH + kh) * WW + kw``,
+  so one kernel fills either layout the caller picks:
+  ``(C*HH*WW, N, Ho*Wo)`` (``s_row = N*Ho*Wo, s_n = Ho*Wo``) or
+  ``(N, C*HH*WW, Ho*Wo)`` (``s_row = Ho*Wo, s_n = C*HH*WW*Ho*Wo``).
+  ``col2im`` overwrites ``dx`` with the scatter-add of the columns.
+* ``maxpool_forward`` / ``maxpool_backward``: direct pooling for any window and
+  stride (tiling or overlapping, trailing rows/columns that fit no window are
+  ignored), forward records the flat ``h * W + w`` index (int32) of the first
+  maximum in row-major window order (NaN wins, like ``np.argmax``), backward
+  scatter-adds through those indices.
+
+All array arguments are C-contiguous; outputs are preallocated by the caller and
+fully overwritten.  Shapes are checked here (ValueError) before any memory is
+touched, so a mismatched call cannot read or write outside the arrays.
+"""
+
+from cython.parallel cimport prange
+
+cimport numpy as cnp
+
+cnp.import_array()
+
+ctypedef fused floating_t:
+    float
+    double
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int mlcore_omp_max_threads(void) { return omp_get_max_threads(); }
+    static int mlcore_have_openmp(void) { return 1; }
+    #else
+    static int mlcore_omp_max_threads(void) { return 1; }
+    static int mlcore_have_openmp(void) { return 0; }
+    #endif
+    """
+    int mlcore_omp_max_threads() nogil
+    int mlcore_have_openmp() nogil
+
+KERNELS_AVAILABLE = True
+HAVE_OPENMP = bool(mlcore_have_openmp())
+
+cdef int _num_threads = 0  # 0: OpenMP's default (OMP_NUM_THREADS)
+
+
+def set_num_threads(int n=0):
+    """Use ``n`` threads in the kernels; ``n <= 0`` restores OpenMP's default."""
+    global _num_threads
+    _num_threads = n if n > 0 else 0
+
+
+def get_num_threads():
+    """The number of threads the kernels will use."""
+    return _threads()
+
+
+cdef inline int _threads() noexcept nogil:
+    if _num_threads > 0:
+        return _num_threads
+    return mlcore_omp_max_threads()
+
+
+cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
+    cdef int t = _threads()
+    if work < t:
+        t = <int>work
+    if t < 1:
+        t = 1
+    return t
+
+
+cdef inline bint _same4(Py_ssize_t* a, Py_ssize_t* b) noexcept:
+    return a[0] == b[0] and a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
+
+
+cdef inline Py_ssize_t _col_lo(Py_ssize_t off, Py_ssize_t stride, Py_ssize_t width,
+                               Py_ssize_t n_out) noexcept nogil:
+    """First output position j with j * stride + off >= 0 (clamped to [0, _col_hi])."""
+    cdef Py_ssize_t a = 0 if off >= 0 else (-off + stride - 1) // stride
+    cdef Py_ssize_t b = _col_hi(off, stride, width, n_out)
+    return a if a < b else b
+
+
+cdef inline Py_ssize_t _col_hi(Py_ssize_t off, Py_ssize_t stride, Py_ssize_t width,
+                               Py_ssize_t n_out) noexcept nogil:
+    """One past the last output position j with j * stride + off < width (clamped to n_out)."""
+    cdef Py_ssize_t b = (width - 1 - off) // stride + 1 if width - 1 - off >= 0 else 0
+    return b if b < n_out else n_out
+
+
+def _check_geometry(Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride, Py_ssize_t pad,
+                    Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo):
+    if HH < 1 or WW < 1 or stride < 1 or pad < 0:
+        raise ValueError("filter sizes and stride must be >= 1 and pad >= 0")
+    if Ho < 0 or Wo < 0 or (Ho > 0 and (Ho - 1) * stride + HH > H + 2 * pad) or \
+            (Wo > 0 and (Wo - 1) * stride + WW > W + 2 * pad):
+        raise ValueError("output size does not fit the padded input")
+
+
+def _check_cols(Py_ssize_t size, Py_ssize_t N, Py_ssize_t K, Py_ssize_t P,
+                Py_ssize_t s_row, Py_ssize_t s_n):
+    if s_row < 0 or s_n < 0:
+        raise ValueError("column strides must be >= 0")
+    if N == 0 or K == 0 or P == 0:
+        return
+    if (K - 1) * s_row + (N - 1) * s_n + P > size:
+        raise ValueError("column buffer too small for the given strides")
+
+
+def im2col(const floating_t[:, :, :, ::1] x, floating_t[::1] cols,
+           Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride, Py_ssize_t pad,
+           Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t s_row, Py_ssize_t s_n):
+    """Fill ``cols`` (flat) with the receptive fields of ``x`` (N, C, H, W), zero padding."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t P = Ho * Wo
+    _check_geometry(HH, WW, stride, pad, H, W, Ho, Wo)
+    _check_cols(cols.shape[0], N, C * HH * WW, P, s_row, s_n)
+    if N == 0 or C == 0 or P == 0:
+        return
+    cdef Py_ssize_t nc, n, c, kh, kw, r, base, dst, i, j, h, off, lo, hi, src
+    with nogil:
+        for nc in prange(N * C, schedule="static", num_threads=_threads_for(N * C)):
+            n = nc // C
+            c = nc % C
+            for kh in range(HH):
+                for kw in range(WW):
+                    r = (c * HH + kh) * WW + kw
+                    base = r * s_row + n * s_n
+                    off = kw - pad
+                    lo = _col_lo(off, stride, W, Wo)
+                    hi = _col_hi(off, stride, W, Wo)
+                    for i in range(Ho):
+                        h = i * stride - pad + kh
+                        dst = base + i * Wo
+                        if h < 0 or h >= H:
+                            for j in range(Wo):
+                                cols[dst + j] = 0
+                        else:
+                            for j in range(lo):
+                                cols[dst + j] = 0
+                            if stride == 1:
+                                src = off
+                                for j in range(lo, hi):
+                                    cols[dst + j] = x[n, c, h, j + src]
+                            else:
+                                for j in range(lo, hi):
+                                    cols[dst + j] = x[n, c, h, j * stride + off]
+                            for j in range(hi, Wo):
+                                cols[dst + j] = 0
+
+
+def col2im(const floating_t[::1] cols, floating_t[:, :, :, ::1] dx,
+           Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride, Py_ssize_t pad,
+           Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t s_row, Py_ssize_t s_n):
+    """Overwrite ``dx`` (N, C, H, W) with the sum of the columns over the receptive fields."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t P = Ho * Wo
+    _check_geometry(HH, WW, stride, pad, H, W, Ho, Wo)
+    _check_cols(cols.shape[0], N, C * HH * WW, P, s_row, s_n)
+    if N == 0 or C == 0 or H == 0 or W == 0:
+        return
+    cdef Py_ssize_t nc, n, c, kh, kw, r, base, src, i, j, h, w, off, lo, hi
+    with nogil:
+        for nc in prange(N * C, schedule="static", num_threads=_threads_for(N * C)):
+            n = nc // C
+            c = nc % C
+            for h in range(H):
+                for w in range(W):
+                    dx[n, c, h, w] = 0
+            if P == 0:
+                continue
+            for kh in range(HH):
+                for kw in range(WW):
+                    r = (c * HH + kh) * WW + kw
+                    base = r * s_row + n * s_n
+                    off = kw - pad
+                    lo = _col_lo(off, stride, W, Wo)
+                    hi = _col_hi(off, stride, W, Wo)
+                    for i in range(Ho):
+                        h = i * stride - pad + kh
+                        if h < 0 or h >= H:
+                            continue
+                        src = base + i * Wo
+                        if stride == 1:
+                            for j in range(lo, hi):
+                                dx[n, c, h, j + off] += cols[src + j]
+                        else:
+                            for j in range(lo, hi):
+                                dx[n, c, h, j * stride + off] += cols[src + j]
+
+
+def maxpool_forward(const floating_t[:, :, :, ::1] x, floating_t[:, :, :, ::1] out,
+                    cnp.int32_t[:, :, :, ::1] idx, Py_ssize_t ph, Py_ssize_t pw,
+                    Py_ssize_t stride):
+    """``out[n, c, i, j]`` = max of the window, ``idx`` = flat h * W + w of its first argmax."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Ho = out.shape[2], Wo = out.shape[3]
+    if ph < 1 or pw < 1 or stride < 1:
+        raise ValueError("pool sizes and stride must be >= 1")
+    if out.shape[0] != N or out.shape[1] != C or not _same4(idx.shape, out.shape):
+        raise ValueError("out / idx shapes do not match x")
+    _check_geometry(ph, pw, stride, 0, H, W, Ho, Wo)
+    if H * W > 2147483647:
+        raise ValueError("pooling plane too large for int32 indices")
+    if N == 0 or C == 0 or Ho == 0 or Wo == 0:
+        return
+    cdef Py_ssize_t nc, n, c, i, j, h, h0, kh, kw, base
+    cdef floating_t b, v
+    cdef bint take
+    with nogil:
+        for nc in prange(N * C, schedule="static", num_threads=_threads_for(N * C)):
+            n = nc // C
+            c = nc % C
+            for i in range(Ho):
+                h0 = i * stride
+                # tap-major over the row of windows, out / idx rows as the running max:
+                # branch-free selects the compiler can vectorise; strictly greater keeps
+                # the first maximum, and the first NaN wins and stays
+                for j in range(Wo):
+                    out[n, c, i, j] = x[n, c, h0, j * stride]
+                    idx[n, c, i, j] = <cnp.int32_t>(h0 * W + j * stride)
+                for kh in range(ph):
+                    h = h0 + kh
+                    for kw in range(pw):
+                        if kh == 0 and kw == 0:
+                            continue
+                        base = h * W + kw
+                        for j in range(Wo):
+                            v = x[n, c, h, j * stride + kw]
+                            b = out[n, c, i, j]
+                            take = (v > b) | ((v != v) & (b == b))
+                            out[n, c, i, j] = v if take else b
+                            idx[n, c, i, j] = (<cnp.int32_t>(base + j * stride) if take
+                                               else idx[n, c, i, j])
+
+
+def maxpool_backward(const floating_t[:, :, :, ::1] dout, const cnp.int32_t[:, :, :, ::1] idx,
+                     floating_t[:, :, ::1] dx):
+    """Overwrite ``dx`` (N, C, H*W) with ``dout`` scatter-added through ``idx``."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], HW = dx.shape[2]
+    cdef Py_ssize_t Ho = dout.shape[2], Wo = dout.shape[3]
+    if dout.shape[0] != N or dout.shape[1] != C or not _same4(idx.shape, dout.shape):
+        raise ValueError("dout / idx / dx shapes do not match")
+    if N == 0 or C == 0:
+        return
+    cdef Py_ssize_t nc, n, c, i, j, k, bad = 0
+    with nogil:
+        for nc in prange(N * C, schedule="static", num_threads=_threads_for(N * C)):
+            n = nc // C
+            c = nc % C
+            for k in range(HW):
+                dx[n, c, k] = 0
+            for i in range(Ho):
+                for j in range(Wo):
+                    k = idx[n, c, i, j]
+                    if k < 0 or k >= HW:
+                        bad += 1
+                    else:
+                        dx[n, c, k] += dout[n, c, i, j]
+    if bad:
+        raise ValueError("pooling indices out of range (cache does not match dout)")
