@@ -77,6 +77,6 @@ def evaluate(
         weights = {"mean": scaler.mean_, "scale": scaler.scale_, "weights": model.weights_}
         # the model takes raw features: the original (unstandardized) test rows are its example
         raw_example = scaler.inverse_transform(data["X_test"][:5])
-        row["model_uri"] = tracking.log_pyfunc_model("linear", weights, raw_example)
+        row["model_uri"] = tracking.log_pyfunc_model(run_id, "linear", weights, raw_example)
         row["run_id"] = run_id
     return row

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -27,8 +27,6 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import DatasetInput, InputTag, Metric, RunStatus  # noqa: E402
 
 PYFUNC_DIR = Path(__file__).parent / "pyfunc"
-# our pyfunc models take plain arrays and declare their signature explicitly
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -87,20 +85,30 @@ def _stringify(params: Mapping) -> dict[str, str]:
 
 @contextlib.contextmanager
 def parent_run(
-    experiment: str, flow: str, params: Mapping, tags: Mapping | None = None
+    experiment: str,
+    flow: str,
+    flow_params: Mapping,
+    resolved: Mapping | None = None,
+    tags: Mapping | None = None,
 ) -> Iterator[str]:
     """Create the flow run's MLflow run and yield its id; end it FINISHED, or FAILED (and
-    re-raise) if the body raises -- a failed flow never leaves its run RUNNING."""
+    re-raise) if the body raises -- a failed flow never leaves its run RUNNING.
+
+    ``flow_params`` are the flow's arguments as called; ``resolved`` the values the flow
+    derived from them (a default taken per dataset, say). Both are logged as params (strings,
+    for the UI), the resolved value winning; the arguments are also kept as JSON in the tag
+    ``mlcore.flow_params``, so a rerun gets them back exactly, with their types."""
     all_tags = {
         "prefect.flow_run_id": _prefect_flow_run_id(),
         "mlcore.flow": flow,
+        "mlcore.flow_params": json.dumps(dict(flow_params)),
         "git_commit": git_commit(),
         **(tags or {}),
     }
     run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=f"{flow}")
     run_id = run.info.run_id
     try:
-        log_params(run_id, params)
+        log_params(run_id, {**flow_params, **(resolved or {})})
         yield run_id
     except BaseException:
         client().set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
@@ -152,6 +160,22 @@ def log_metric_history(
         client().log_batch(run_id, metrics=batch[start : start + 1000])
 
 
+class MetricBuffer:
+    """Collect metric points and send them in batches (a request per point is slow)."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self._points: list[Metric] = []
+
+    def add(self, name: str, value: float, step: int) -> None:
+        self._points.append(Metric(name, float(value), int(time.time() * 1000), int(step)))
+
+    def flush(self) -> None:
+        points, self._points = self._points, []
+        for start in range(0, len(points), 1000):
+            client().log_batch(self.run_id, metrics=points[start : start + 1000])
+
+
 def log_figure(run_id: str, figure, artifact_file: str) -> None:
     client().log_figure(run_id, figure, artifact_file)
 
@@ -185,27 +209,30 @@ def log_dataset(
 
 
 def log_pyfunc_model(
+    run_id: str,
     kind: str,
     arrays: Mapping[str, np.ndarray],
     input_example: np.ndarray,
     name: str = "model",
     extra_pip: tuple[str, ...] = (),
 ) -> str:
-    """Log a pyfunc model to the active (child) run from code in ``tasks/pyfunc/<kind>.py``.
+    """Log a pyfunc model to ``run_id`` from the code in ``tasks/pyfunc/<kind>.py``.
 
     The parameters go in an ``.npz`` of plain arrays (read back with ``allow_pickle=False``);
     the model's code is a file, not a pickled object. Returns the model URI.
     """
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
     code = PYFUNC_DIR / f"{kind}.py"
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.npz"
         np.savez(weights, **arrays)
-        model = _load_code_model(code, weights)
-        prediction = model.predict(None, input_example)
-        info = mlflow.pyfunc.log_model(
+        prediction = _load_code_model(code, weights).predict(None, input_example)
+        info = Model.log(
+            artifact_path=None,
             name=name,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
             python_model=str(code),
             artifacts={"weights": str(weights)},
             signature=infer_signature(input_example, prediction),

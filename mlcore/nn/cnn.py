@@ -59,6 +59,32 @@ class ThreeLayerConvNet:
             self.params[f"W{i}"] = (weight_scale * rng.standard_normal(w_shape)).astype(dtype)
             self.params[f"b{i}"] = np.zeros(b_size, dtype=dtype)
 
+    @classmethod
+    def from_params(cls, params: dict, input_dim, reg: float = 0.0) -> ThreeLayerConvNet:
+        """Rebuild a model from its ``params`` (e.g. read back from an ``.npz``); the layer
+        sizes and dtype are taken from the arrays' shapes."""
+        missing = {"W1", "b1", "W2", "b2", "W3", "b3"} - set(params)
+        if missing:
+            raise ValueError(f"params is missing {sorted(missing)}")
+        W1, W2, W3 = params["W1"], params["W2"], params["W3"]
+        model = cls(
+            input_dim=tuple(int(d) for d in input_dim),
+            num_filters=W1.shape[0],
+            filter_size=W1.shape[2],
+            hidden_dim=W2.shape[1],
+            num_classes=W3.shape[1],
+            reg=reg,
+            dtype=W1.dtype.type,
+            weight_scale=0.0,
+        )
+        for name, value in model.params.items():
+            if params[name].shape != value.shape:
+                raise ValueError(
+                    f"params[{name!r}] has shape {params[name].shape}, expected {value.shape}"
+                )
+            model.params[name] = np.asarray(params[name], dtype=W1.dtype)
+        return model
+
     def loss(self, X, y=None):
         """X: (N, C, H, W) matching input_dim; y: (N,) labels or None.
 

@@ -19,7 +19,7 @@ class LinearRegressionPyfunc(PythonModel):
             self.standardizer = Standardizer.from_stats(f["mean"], f["scale"])
             self.model = LinearRegression.from_weights(f["weights"], y_ndim=1)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None):
         X = np.asarray(model_input, dtype=np.float64)
         return self.model.predict(self.standardizer.transform(X))
 
