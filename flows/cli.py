@@ -31,9 +31,11 @@ app = typer.Typer(
 )
 run_app = typer.Typer(help="Run a flow now, in this process.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
-# "Creating initial MLflow database tables..." is noise on a terminal
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-console = Console()
+# "Creating initial MLflow database tables...", "Validating input example against model
+# signature": noise on a terminal
+for _name in ("mlflow.store.db.utils", "mlflow.pyfunc"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
 
@@ -50,7 +52,7 @@ def friendly_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (ValueError, ArithmeticError, OSError, MlflowException) as exc:
+        except (ValueError, ArithmeticError, OSError, RuntimeError, MlflowException) as exc:
             msg = exc.message if isinstance(exc, MlflowException) else str(exc)
             line = msg.splitlines()[0] if msg else type(exc).__name__
             err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
@@ -144,6 +146,93 @@ def show_housing_result(result: dict) -> None:
     console.print(f"MLflow run id: [bold]{result['run_id']}[/]")
 
 
+@run_app.command("gradcheck")
+@friendly_errors
+def run_gradcheck(
+    layers: Annotated[
+        str | None, typer.Option(help="Checks to run, comma-separated (default: all).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs (the course's 231).")] = 231,
+) -> None:
+    """Gradient-check every layer, sandwich and the ConvNet (fails if any is over threshold)."""
+    from flows.gradcheck import gradient_check_flow
+    from mlcore.nn.checks import GRADIENT_CHECKS
+
+    names = parse_list(layers, str, "--layers")
+    unknown = [n for n in names or [] if n not in GRADIENT_CHECKS]
+    if unknown:
+        raise UsageError(
+            f"--layers: unknown check {unknown[0]!r}; known: {', '.join(GRADIENT_CHECKS)}"
+        )
+    show_gradcheck_result(gradient_check_flow(layers=names, seed=seed))
+
+
+def show_gradcheck_result(result: dict) -> None:
+    rows = [{**r, "ok": "ok" if r["ok"] else "FAIL"} for r in result["results"]]
+    print_table(
+        "gradient_check: max relative error",
+        rows,
+        ["layer", "input", "rel_error", "threshold", "ok"],
+    )
+    console.print(f"MLflow run id: [bold]{result['run_id']}[/]")
+
+
+@run_app.command("convnet")
+@friendly_errors
+def run_convnet(
+    dataset: Annotated[str, typer.Option(help="digits (offline) or cifar10.")] = "digits",
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 50,
+    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate.")] = 1e-3,
+    update_rule: Annotated[str, typer.Option(help="sgd, sgd_momentum, rmsprop or adam.")] = "adam",
+    reg: Annotated[float, typer.Option(min=0.0, help="L2 regularisation.")] = 0.0,
+    hidden_dim: Annotated[int | None, typer.Option(min=1, help="Default: per dataset.")] = None,
+    num_filters: Annotated[int | None, typer.Option(min=1, help="Default: per dataset.")] = None,
+    filter_size: Annotated[int | None, typer.Option(min=1, help="Default: per dataset.")] = None,
+    weight_scale: Annotated[
+        float | None, typer.Option(min=0.0, help="Default: per dataset.")
+    ] = None,
+    num_train: Annotated[
+        int | None, typer.Option(min=1, help="Use the first N training rows.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and minibatches.")] = 0,
+) -> None:
+    """Train the course's ThreeLayerConvNet with Solver (gated by a gradient check)."""
+    from flows.convnet import convnet_training
+
+    if update_rule not in ("sgd", "sgd_momentum", "rmsprop", "adam"):
+        raise UsageError(
+            f"--update-rule: {update_rule!r} is not one of sgd, sgd_momentum, rmsprop, adam"
+        )
+    result = convnet_training(
+        dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, update_rule=update_rule,
+        reg=reg, hidden_dim=hidden_dim, num_filters=num_filters, filter_size=filter_size,
+        weight_scale=weight_scale, num_train=num_train, seed=seed,
+    )  # fmt: skip
+    show_convnet_result(result)
+
+
+def show_convnet_result(result: dict) -> None:
+    row = {k: result[k] for k in ("final_train_acc", "best_val_acc", "test_acc")}
+    print_table("convnet_training", [row], list(row))
+    console.print(f"MLflow run id: [bold]{result['run_id']}[/]")
+
+
+@run_app.command("pipeline")
+@friendly_errors
+def run_pipeline(
+    convnet_epochs: Annotated[int, typer.Option(min=1)] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the ConvNet training.")] = 0,
+) -> None:
+    """The main job: housing regression, the gradient checks, the ConvNet on digits."""
+    from flows.pipeline import pipeline
+
+    result = pipeline(convnet_epochs=convnet_epochs, seed=seed)
+    show_housing_result(result["housing"])
+    show_gradcheck_result(result["gradcheck"])
+    show_convnet_result(result["convnet"])
+
+
 @app.command("runs")
 @friendly_errors
 def runs(
@@ -151,14 +240,31 @@ def runs(
     sort: Annotated[str | None, typer.Option(help="Metric to sort by (ascending).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="How many runs to show.")] = 20,
     children: Annotated[bool, typer.Option(help="Show each model's child run too.")] = False,
+    plot: Annotated[
+        str | None, typer.Option(help="Also write a bar chart of one metric per run (PNG).")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Metric to plot (default: --sort, else the first).")
+    ] = None,
 ) -> None:
     """Compare past runs of EXPERIMENT, read back from MLflow: params and metrics as columns."""
-    from flows.compare import run_table
+    from flows.compare import metric_columns, plot_metric, run_table, save_plot
 
     rows, columns = run_table(experiment, sort=sort, limit=limit, children=children)
     if not rows:
         console.print(f"experiment {experiment!r} has no runs yet")
         return
+    if plot is not None:
+        known = metric_columns(rows, columns)
+        chosen = metric or sort or (known[0] if known else None)
+        if chosen is None:
+            raise UsageError(f"--plot: the runs of {experiment!r} have no metrics")
+        if chosen not in known:
+            raise UsageError(
+                f"--metric: no run has metric {chosen!r} (metrics: {', '.join(known)})"
+            )
+        title = f"{experiment}: {chosen} per run"
+        save_plot(plot_metric(rows, chosen, title), plot)
     # a column that is the same in every run says nothing about the comparison: caption it
     same = [c for c in columns[3:] if len(rows) > 1 and len({_fmt(r.get(c)) for r in rows}) == 1]
     caption = ", ".join(f"{c}={_fmt(rows[0].get(c))}" for c in same)
@@ -166,9 +272,83 @@ def runs(
     print_table(
         f"MLflow experiment {experiment!r}", rows, shown, caption and f"same in all: {caption}"
     )
+    if plot is not None:
+        console.print(f"plot of {chosen} written to {plot}")
+
+
+@app.command("rerun")
+@friendly_errors
+def rerun(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run id of a past flow run.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Change a parameter: key=value (repeatable; lists a,b,c)."),
+    ] = None,
+) -> None:
+    """Run a past run's flow again with its parameters (some changed with --set) and say
+    whether it reproduced the original metrics, data and code."""
+    from flows.rerun import rerun as rerun_flow
+
+    out = rerun_flow(run_id, set_ or [])
+    console.print(f"{out['flow']}: rerun of {out['original']} is MLflow run [bold]{out['new']}[/]")
+    for key, (old, new) in out["changed"].items():
+        console.print(f"changed parameter {key}: {old!r} -> {new!r}")
+    for what in ("data", "code"):
+        if out[what]:
+            old, new = out[what]
+            console.print(f"{what} differs: {old} -> {new}")
+    if out["metrics_differ"]:
+        rows = [
+            {"metric": k, "original": _exact(a), "rerun": _exact(b)}
+            for k, (a, b) in out["metrics_differ"].items()
+        ]
+        print_table("metrics that differ", rows, ["metric", "original", "rerun"])
+    if out["reproduced"]:
+        console.print("reproduced exactly: same parameters, data, code and every metric")
+    elif not out["metrics_differ"]:
+        console.print("every metric is the same")
+
+
+def _exact(value: float | None) -> str:
+    return "(missing)" if value is None else repr(value)
+
+
+@app.command("predict")
+@friendly_errors
+def predict(
+    model_uri: Annotated[
+        str, typer.Argument(help="Any MLflow model URI, e.g. models:/housing-regressor@champion.")
+    ],
+    input_file: Annotated[
+        str, typer.Argument(metavar="INPUT", help="A numeric CSV (header optional) or a .npy file.")
+    ],
+    output: Annotated[
+        str | None, typer.Option(help="Write the predictions as CSV here instead.")
+    ] = None,
+) -> None:
+    """Score INPUT with a model from MLflow: one prediction per line (or CSV to --output)."""
+    import numpy as np
+    import pandas as pd
+
+    from tasks.registry import predict_file
+
+    pred = np.asarray(predict_file(model_uri, input_file))
+    flat = pred.reshape(len(pred), -1)
+    if output is not None:
+        cols = (
+            ["prediction"]
+            if flat.shape[1] == 1
+            else [f"prediction_{j}" for j in range(flat.shape[1])]
+        )
+        pd.DataFrame(flat, columns=cols).to_csv(output, index=False)
+        err_console.print(f"{len(flat)} predictions written to {output}")
+        return
+    for row in flat:
+        typer.echo(",".join(repr(v.item()) for v in row))
 
 
 @app.command("ui")
+@friendly_errors
 def ui(
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
@@ -177,24 +357,30 @@ def ui(
     import mlflow
 
     uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        console.print(f"MLFLOW_TRACKING_URI is a tracking server: its UI is at {uri}")
+        return
     console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
+    # the job runner would start several worker processes a local UI has no use for
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     try:
-        raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+        raise typer.Exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 
+
+def _register_operations() -> None:
+    """serve, server and trigger live in flows.ops_cli (they operate deployments)."""
+    from flows import ops_cli
+
+    app.command("serve")(friendly_errors(ops_cli.serve))
+    app.command("server")(friendly_errors(ops_cli.server))
+    app.command("trigger")(friendly_errors(ops_cli.trigger))
+
+
+_register_operations()
 
 if __name__ == "__main__":
     app()

@@ -52,3 +52,37 @@ def _time(ms: int | None) -> str:
     from datetime import datetime
 
     return "" if ms is None else datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
+
+
+def metric_columns(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """The columns of ``run_table`` that are metrics (params are strings, metrics floats)."""
+    return [c for c in columns if any(isinstance(r.get(c), float) for r in rows)]
+
+
+def plot_metric(rows: list[dict[str, Any]], metric: str, title: str):
+    """A bar chart of ``metric`` per run (in the order of ``rows``), run ids on the x axis.
+    A matplotlib ``Figure`` built without pyplot: nothing global, nothing shown."""
+    from matplotlib.figure import Figure
+
+    shown = [r for r in rows if isinstance(r.get(metric), float)]
+    if not shown:
+        raise ValueError(f"--metric: no run has metric {metric!r}")
+    labels = [r["run_id"][:8] for r in shown]
+    values = [r[metric] for r in shown]
+    fig = Figure(figsize=(max(4.0, 0.6 * len(shown) + 2), 4), layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.bar(range(len(shown)), values, color="tab:blue")
+    ax.bar_label(bars, fmt="%.4g", fontsize=8)
+    ax.set_xticks(range(len(shown)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("run")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    return fig
+
+
+def save_plot(fig, path: str) -> None:
+    """Write ``fig`` as a PNG to ``path`` (Agg canvas; no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=100)

@@ -9,6 +9,7 @@ from prefect import flow
 from tasks import tracking
 from tasks.data import fetch_dataset, load_split, log_dataset, standardize
 from tasks.linear import evaluate, fit_model
+from tasks.registry import housing_data_key, register_model
 from tasks.report import report_results
 
 DEFAULT_ALPHAS = (1e-4, 1e-2, 1.0, 10.0, 100.0)
@@ -28,8 +29,8 @@ def housing_regression(
 ) -> dict:
     """fetch -> split -> standardize (train only) -> fit OLS, ridge per alpha and SGD per
     (lr, epochs) in parallel -> evaluate each on train/val/test -> best by validation MAE."""
-    params = dict(locals())
-    with tracking.parent_run("housing", "housing_regression", params) as run_id:
+    call = dict(locals())
+    with tracking.parent_run("housing", "housing_regression", call) as run_id:
         path = fetch_dataset(dataset)
         split = load_split(path, test_size, split_random_state, val_split)
         log_dataset(run_id, dataset, path, split)
@@ -47,4 +48,11 @@ def housing_regression(
         ]
         for model in fitted:  # a failed fit raises its own error here, not "evaluate never ran"
             model.result()
-        return report_results([r.result() for r in rows], run_id)
+        result = report_results([r.result() for r in rows], run_id)
+        best = result["best"]
+        key = housing_data_key(dataset, test_size, split_random_state, val_split)
+        result["registered"] = register_model(
+            best["model_uri"], "housing-regressor", "best_val_mae", best["val_mae"],
+            False, key, run_id,
+        )  # fmt: skip
+        return result

@@ -83,6 +83,19 @@ def _stringify(params: Mapping) -> dict[str, str]:
     }
 
 
+def _prefect_run_tags() -> dict[str, str]:
+    """``key=value`` tags of the current Prefect flow run whose key starts with ``mlcore.``
+    (e.g. ``mlcore.rerun_of=<run id>``, set with ``prefect.tags`` by ``mlcore rerun``): they are
+    copied onto the MLflow run when it is created, so a run that fails carries them too."""
+    try:
+        from prefect.runtime import flow_run
+
+        tags = list(flow_run.tags or [])
+    except Exception:  # noqa: BLE001 - outside a flow there are none
+        return {}
+    return dict(t.split("=", 1) for t in tags if t.startswith("mlcore.") and "=" in t)
+
+
 @contextlib.contextmanager
 def parent_run(
     experiment: str,
@@ -103,6 +116,7 @@ def parent_run(
         "mlcore.flow": flow,
         "mlcore.flow_params": json.dumps(dict(flow_params)),
         "git_commit": git_commit(),
+        **_prefect_run_tags(),
         **(tags or {}),
     }
     run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=f"{flow}")

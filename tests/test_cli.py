@@ -1,6 +1,7 @@
 """The ``mlcore`` command line: real flows, real MLflow store, one-line errors."""
 
 import re
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 from flows.cli import app, parse_list
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parent.parent
 
 
 def one_line_error(result, pattern):
@@ -58,3 +60,38 @@ def test_run_housing_then_compare_runs(prefect_harness, data_env, mlflow_store):
         runner.invoke(app, ["runs", "housing", "--sort", "nope"]),
         r"error: --sort: no run has metric 'nope'",
     )
+
+
+def test_mlcore_ui_serves_the_store_on_loopback(mlflow_store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from flows.stack import free_port
+
+    port = free_port()
+    out = open(tmp_path / "ui.out", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)],
+                            cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline, status = time.monotonic() + 120, None
+        while time.monotonic() < deadline and status != 200:
+            assert proc.poll() is None, (tmp_path / "ui.out").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    status = r.status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200
+        assert (
+            f"MLflow UI for {mlflow_store} at http://127.0.0.1:{port}"
+            in (tmp_path / "ui.out").read_text()
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        out.close()

@@ -1,0 +1,81 @@
+"""Deployments: read from prefect.yaml (the one place they are declared), served locally or
+triggered on a running Prefect server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flows.params import parse_overrides
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
+
+
+def declared_deployments(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    """The ``deployments`` of prefect.yaml, each with its flow name added (``flow/name`` is
+    how Prefect names a deployment)."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    spec = yaml.safe_load(path.read_text())
+    out = []
+    for dep in spec.get("deployments", []):
+        flow = load_flow_from_entrypoint(str(PROJECT_DIR / dep["entrypoint"]))
+        out.append({**dep, "flow": flow, "full_name": f"{flow.name}/{dep['name']}"})
+    return out
+
+
+def serve_all(path: Path = PREFECT_YAML, limit: int | None = None) -> None:
+    """Run every declared deployment's schedule in this process (``prefect.serve``), no work
+    pool or worker needed. Blocks until interrupted."""
+    from prefect import serve
+    from prefect.schedules import Cron
+
+    deployments = [
+        dep["flow"].to_deployment(
+            name=dep["name"],
+            description=dep.get("description"),
+            tags=dep.get("tags"),
+            parameters=dep.get("parameters") or {},
+            schedules=[
+                Cron(s["cron"], timezone=s.get("timezone", "UTC"))
+                for s in dep.get("schedules") or []
+            ],
+        )
+        for dep in declared_deployments(path)
+    ]
+    serve(*deployments, limit=limit)
+
+
+def run_on_server(name: str, sets: list[str], wait: bool, timeout: float):
+    """Create a flow run of deployment ``name`` on the server at PREFECT_API_URL with the
+    ``key=value`` overrides read as the types of the deployment's flow's parameters; with
+    ``wait``, poll until it ends. Returns the flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise ValueError("PREFECT_API_URL is not set: start a server (mlcore server) and export it")
+    if "/" not in name:
+        raise ValueError(
+            f"deployment {name!r} must be FLOW/DEPLOYMENT, e.g. housing_regression/nightly"
+        )
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            flows = {f.id: f.name for f in client.read_flows()}
+            known = ", ".join(
+                f"{flows.get(d.flow_id, '?')}/{d.name}" for d in client.read_deployments()
+            )
+            raise ValueError(
+                f"no deployment {name!r} on the server (deployments: {known or 'none'})"
+            ) from None
+    flow = load_flow_from_entrypoint(str(PROJECT_DIR / deployment.entrypoint))
+    parameters = parse_overrides(flow, sets)
+    return run_deployment(name, parameters=parameters, timeout=timeout if wait else 0)

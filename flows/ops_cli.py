@@ -1,0 +1,97 @@
+"""``mlcore serve``, ``mlcore server`` and ``mlcore trigger``: operating the deployments."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(soft_wrap=True)
+
+
+def serve(
+    limit: Annotated[int | None, typer.Option(help="Most flow runs at once.")] = None,
+) -> None:
+    """Run every deployment's schedule from prefect.yaml in this process (no work pool).
+
+    Uses PREFECT_API_URL if set (e.g. a server from `mlcore server`), else a temporary local
+    server. Ctrl-C stops it."""
+    from flows.deployments import declared_deployments, serve_all
+
+    for dep in declared_deployments():
+        crons = ", ".join(s["cron"] for s in dep.get("schedules") or []) or "on request"
+        console.print(f"serving [bold]{dep['full_name']}[/] ({crons})")
+    serve_all(limit=limit)
+
+
+def server(
+    host: Annotated[str, typer.Option(help="Address both servers bind to.")] = "127.0.0.1",
+    prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow server.")] = 5000,
+    prefect_db: Annotated[
+        str | None,
+        typer.Option(
+            help="Prefect database URL (default: SQLite in PREFECT_HOME); "
+            "e.g. postgresql+asyncpg://user@127.0.0.1/prefect"
+        ),
+    ] = None,  # fmt: skip
+    mlflow_backend: Annotated[
+        str, typer.Option(help="MLflow backend store URI, e.g. postgresql://user@127.0.0.1/mlflow")
+    ] = "sqlite:///mlflow.db",
+    artifacts: Annotated[
+        Path, typer.Option(help="Folder the MLflow server keeps artifacts in.")
+    ] = Path("mlartifacts"),
+    logs: Annotated[Path, typer.Option(help="Folder of the servers' logs.")] = Path("logs"),
+) -> None:
+    """Start the local stack: a Prefect server and an MLflow tracking server, until Ctrl-C."""
+    from flows.stack import local_stack
+
+    console.print(f"starting the Prefect and MLflow servers (logs in [bold]{logs}[/]) ...")
+    with local_stack(
+        host, prefect_port, mlflow_port, prefect_db, mlflow_backend, artifacts, logs
+    ) as (
+        prefect_srv,
+        mlflow_srv,
+    ):
+        console.print(
+            f"Prefect API  {prefect_srv.url}   (UI {prefect_srv.url.removesuffix('/api')})"
+        )
+        console.print(f"MLflow       {mlflow_srv.url}")
+        console.print("in another shell:")
+        console.print(
+            f"  export PREFECT_API_URL={prefect_srv.url} MLFLOW_TRACKING_URI={mlflow_srv.url}"
+        )
+        try:
+            while all(s.process.poll() is None for s in (prefect_srv, mlflow_srv)):
+                time.sleep(1)
+            dead = next(s for s in (prefect_srv, mlflow_srv) if s.process.poll() is not None)
+            raise RuntimeError(f"{dead.name} stopped: {dead.tail()}")
+        except KeyboardInterrupt:
+            console.print("stopping ...")
+
+
+def trigger(
+    deployment: Annotated[
+        str, typer.Argument(help="FLOW/DEPLOYMENT, e.g. housing_regression/nightly.")
+    ],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Parameter override key=value (repeatable).")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the flow run ends.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most.")] = 3600.0,
+) -> None:
+    """Run a deployment on the Prefect server at PREFECT_API_URL (like `prefect deployment run
+    ... -p key=value`), optionally waiting for it."""
+    from flows.deployments import run_on_server
+
+    run = run_on_server(deployment, set_ or [], wait=wait, timeout=timeout)
+    console.print(f"flow run [bold]{run.id}[/] ({run.name}): {run.state_name}")
+    if wait and run.state_name != "Completed":
+        raise RunFailed(f"flow run {run.id} ended {run.state_name}: {run.state.message or ''}")
+
+
+class RunFailed(RuntimeError):
+    """A triggered flow run ended in a state other than Completed."""

@@ -1,0 +1,87 @@
+"""Rerun a past flow run from MLflow: same flow, same arguments (some optionally changed), then
+compare what came out with what came out before."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mlflow
+import prefect
+from mlflow.exceptions import MlflowException
+
+from flows.params import parse_overrides
+from tasks import tracking
+
+RERUN_TAG = "mlcore.rerun_of"
+
+
+def flows() -> dict[str, Any]:
+    """Flow name (the ``mlcore.flow`` tag) -> the flow."""
+    from flows.convnet import convnet_training
+    from flows.gradcheck import gradient_check_flow
+    from flows.housing import housing_regression
+
+    return {
+        "housing_regression": housing_regression,
+        "gradient_check": gradient_check_flow,
+        "convnet_training": convnet_training,
+    }
+
+
+def original_call(run_id: str) -> tuple[Any, str, dict[str, Any]]:
+    """The MLflow run ``run_id``, its flow's name and the flow's arguments as called."""
+    try:
+        run = tracking.client().get_run(run_id)
+    except MlflowException:
+        raise ValueError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+    tags = run.data.tags
+    if "mlflow.parentRunId" in tags:
+        raise ValueError(
+            f"run {run_id} is a child run of flow run {tags['mlflow.parentRunId']}; rerun that"
+        )
+    name = tags.get("mlcore.flow")
+    if name not in flows() or "mlcore.flow_params" not in tags:
+        raise ValueError(f"run {run_id} was not made by an mlcore flow (no mlcore.flow tag)")
+    return run, name, json.loads(tags["mlcore.flow_params"])
+
+
+def rerun(run_id: str, sets: list[str] | None = None) -> dict[str, Any]:
+    """Run the flow of ``run_id`` again with its arguments (``sets`` changed), tag the new
+    run ``mlcore.rerun_of``, and compare. Returns ``{flow, original, new, changed,
+    metrics_differ, data, code, reproduced}``: ``changed`` is ``{param: (old, new)}``,
+    ``metrics_differ`` ``{metric: (old, new)}`` (a missing value is None), ``data`` and
+    ``code`` ``(old, new)`` or None when equal."""
+    run, name, params = original_call(run_id)
+    flow = flows()[name]
+    overrides = parse_overrides(flow, sets or [])
+    changed = {k: (params.get(k), v) for k, v in overrides.items() if params.get(k) != v}
+    # a Prefect tag that tasks.tracking copies onto the new MLflow run as it creates it
+    with prefect.tags(f"{RERUN_TAG}={run_id}"):
+        result = flow(**{**params, **overrides})
+    new_id = result["run_id"]
+    new = tracking.client().get_run(new_id)
+    old_m, new_m = run.data.metrics, new.data.metrics
+    differ = {
+        k: (old_m.get(k), new_m.get(k))
+        for k in sorted(set(old_m) | set(new_m))
+        if old_m.get(k) != new_m.get(k)
+    }
+    data = _differs(run, new, "data.sha256")
+    code = _differs(run, new, "git_commit")
+    return {
+        "flow": name,
+        "original": run_id,
+        "new": new_id,
+        "changed": changed,
+        "metrics_differ": differ,
+        "data": data,
+        "code": code,
+        "reproduced": not (changed or differ or data or code),
+        "result": result,
+    }
+
+
+def _differs(old, new, tag: str) -> tuple[str | None, str | None] | None:
+    a, b = old.data.tags.get(tag), new.data.tags.get(tag)
+    return None if a == b else (a, b)

@@ -1,0 +1,148 @@
+"""``mlcore rerun``: a past flow run run again from MLflow, reproducing its metrics exactly;
+``--set`` parsing; one-line errors."""
+
+import json
+import re
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.compare import metric_columns, plot_metric, run_table
+from flows.housing import housing_regression
+from flows.params import coerce, parse_overrides
+from tasks import tracking
+
+runner = CliRunner()
+ENV = {"COLUMNS": "300"}
+SMALL = {"alphas": [1e-4, 1.0], "sgd_lrs": [0.01], "sgd_epochs": [50]}
+
+
+def one_line_error(result, pattern):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith("error:") and re.search(pattern, lines[0]), lines[0]
+
+
+def test_rerun_reproduces_exactly_then_reports_a_changed_parameter(
+    prefect_harness, data_env, mlflow_store
+):
+    original = housing_regression(**SMALL)
+    client = MlflowClient()
+    before = client.get_run(original["run_id"])
+
+    same = runner.invoke(app, ["rerun", original["run_id"]], env=ENV)
+    assert same.exit_code == 0, same.output
+    new_id = re.search(r"rerun of \w{32} is MLflow run (\w{32})", same.output).group(1)
+    assert "reproduced exactly" in same.output and "differ" not in same.output
+    again = client.get_run(new_id)
+    assert again.data.tags["mlcore.rerun_of"] == original["run_id"]
+    assert again.data.tags["mlcore.flow_params"] == before.data.tags["mlcore.flow_params"]
+    assert again.data.tags["data.sha256"] == before.data.tags["data.sha256"]
+    assert again.data.metrics == before.data.metrics  # every metric, exactly
+    assert len(before.data.metrics) >= 7
+
+    changed = runner.invoke(app, ["rerun", original["run_id"], "--set", "alphas=1,10"], env=ENV)
+    assert changed.exit_code == 0, changed.output
+    assert "changed parameter alphas: [0.0001, 1.0] -> [1.0, 10.0]" in changed.output
+    assert "reproduced exactly" not in changed.output
+    new_id = re.search(r"rerun of \w{32} is MLflow run (\w{32})", changed.output).group(1)
+    rerun = client.get_run(new_id)
+    assert json.loads(rerun.data.tags["mlcore.flow_params"])["alphas"] == [1.0, 10.0]
+    assert rerun.data.params["alphas"] == "1.0,10.0"
+    assert rerun.data.tags["mlcore.rerun_of"] == original["run_id"]
+    # ridge alpha=1e-4 is nearly OLS, so a different grid need not change the best model;
+    # whatever differs is listed with both values
+    for name, value in rerun.data.metrics.items():
+        if value != before.data.metrics.get(name):
+            assert re.search(rf"{re.escape(name)}\s.*{re.escape(repr(value))}", changed.output)
+
+    # the three runs compared in a bar chart of one metric
+    png = data_env.parent / "runs.png"
+    listed = runner.invoke(
+        app, ["runs", "housing", "--sort", "best_val_mae", "--plot", str(png)], env=ENV
+    )
+    assert listed.exit_code == 0, listed.output
+    assert f"plot of best_val_mae written to {png}" in listed.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows, columns = run_table("housing", sort="best_val_mae")
+    fig = plot_metric(rows, "best_val_mae", "t")
+    (ax,) = fig.axes
+    assert [b.get_height() for b in ax.patches] == [r["best_val_mae"] for r in rows]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [r["run_id"][:8] for r in rows]
+    assert len(rows) == 3 and "best_val_mae" in metric_columns(rows, columns)
+    one_line_error(
+        runner.invoke(app, ["runs", "housing", "--plot", str(png), "--metric", "nope"], env=ENV),
+        r"error: --metric: no run has metric 'nope' \(metrics: best_test_mae, ",
+    )
+
+    # a rerun whose flow fails: its run is FAILED and still says what it reran
+    failed = runner.invoke(app, ["rerun", original["run_id"], "--set", "sgd_lrs=-1"], env=ENV)
+    one_line_error(failed, r"error: lr must be a number > 0, got -1.0")
+    (last,) = client.search_runs(
+        [before.info.experiment_id], "attributes.status = 'FAILED'", max_results=1
+    )
+    assert last.data.tags["mlcore.rerun_of"] == original["run_id"]
+
+
+def test_parse_overrides_uses_the_flow_signature():
+    from flows.convnet import convnet_training
+    from flows.gradcheck import gradient_check_flow
+
+    assert parse_overrides(housing_regression, ["alphas=1,10", "seed=3", "val_split=0.25"]) == {
+        "alphas": [1.0, 10.0],
+        "seed": 3,
+        "val_split": 0.25,
+    }
+    assert parse_overrides(housing_regression, ["sgd_epochs=[5, 10]"]) == {"sgd_epochs": [5, 10]}
+    assert parse_overrides(convnet_training, ["hidden_dim=none", "num_train=400"]) == {
+        "hidden_dim": None,
+        "num_train": 400,
+    }
+    assert parse_overrides(gradient_check_flow, ["layers=affine,relu"]) == {
+        "layers": ["affine", "relu"]
+    }
+    assert coerce("yes", bool, "flag") is True
+    with pytest.raises(ValueError, match=r"--set sgd_epochs: '2.5' is not a valid int"):
+        parse_overrides(housing_regression, ["sgd_epochs=10,2.5"])
+
+
+@pytest.fixture
+def flow_run(mlflow_store):
+    """A parent run as the housing flow tags it (the flow itself need not run to be refused)."""
+    with tracking.parent_run("housing", "housing_regression", {"alphas": [1.0], "seed": 1}) as rid:
+        pass
+    return rid
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--set", "nope=1"], r"error: --set: housing_regression has no parameter 'nope'; known: "),
+        (["--set", "alphas"], r"error: --set: expected key=value, got 'alphas'"),
+        (["--set", "seed=abc"], r"error: --set seed: 'abc' is not a valid int"),
+        (["--set", "alphas=1,x"], r"error: --set alphas: 'x' is not a valid float"),
+    ],
+)
+def test_bad_set_is_one_line(flow_run, args, pattern):
+    one_line_error(runner.invoke(app, ["rerun", flow_run, *args], env=ENV), pattern)
+
+
+def test_unknown_and_foreign_runs_are_one_line(flow_run):
+    one_line_error(
+        runner.invoke(app, ["rerun", "0" * 32], env=ENV), r"error: no MLflow run '0{32}' in sqlite"
+    )
+    client = MlflowClient()
+    foreign = client.create_run(tracking.experiment_id("housing")).info.run_id
+    one_line_error(
+        runner.invoke(app, ["rerun", foreign], env=ENV),
+        rf"error: run {foreign} was not made by an mlcore flow \(no mlcore.flow tag\)",
+    )
+    with tracking.child_run(flow_run, "child", {}) as child:
+        pass
+    one_line_error(
+        runner.invoke(app, ["rerun", child], env=ENV),
+        rf"error: run {child} is a child run of flow run {flow_run}; rerun that",
+    )
