@@ -102,28 +102,8 @@ def _ext(stacklevel: int = 4):
     return None
 
 
-# --------------------------------------------------------------------------------------------
-# validation (the naive layers' helpers when available, so the messages match)
-
-try:
-    from mlcore.nn.layers import _check_ndim, _check_shape, _int_param
-except ImportError:  # pragma: no cover - only while layers.py is missing
-
-    def _check_ndim(fn: str, name: str, a: np.ndarray, ndim: int) -> None:
-        if a.ndim != ndim:
-            raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {a.shape}")
-
-    def _check_shape(fn: str, name: str, a: np.ndarray, shape: tuple) -> None:
-        if np.shape(a) != tuple(shape):
-            raise ValueError(f"{fn}: {name} must have shape {tuple(shape)}, got {np.shape(a)}")
-
-    def _int_param(fn: str, params: dict, key: str, minimum: int) -> int:
-        if key not in params:
-            raise ValueError(f"{fn}: missing parameter {key!r} in {params!r}")
-        value = params[key]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"{fn}: {key} must be an integer >= {minimum}, got {value!r}")
-        return int(value)
+# validation: the naive layers' helpers, so the messages match
+from mlcore.nn.layers import _check_ndim, _int_param, conv_geometry  # noqa: E402
 
 
 def _float_dtype(*dtypes) -> np.dtype:
@@ -236,24 +216,9 @@ def conv_forward_fast(x, w, b, conv_param):
     conv_param: 'stride' (>= 1), 'pad' (>= 0). Output (N, F, H', W') with
     H' = 1 + (H + 2 * pad - HH) // stride and W' likewise. Returns (out, cache).
     """
-    fn = "conv_forward_fast"
-    x, w, b = np.asarray(x), np.asarray(w), np.asarray(b)
-    _check_ndim(fn, "x", x, 4)
-    _check_ndim(fn, "w", w, 4)
-    stride = _int_param(fn, conv_param, "stride", 1)
-    pad = _int_param(fn, conv_param, "pad", 0)
+    x, w, b, stride, pad, Ho, Wo = conv_geometry("conv_forward_fast", x, w, b, conv_param)
     N, C, H, W = x.shape
-    F, Cw, HH, WW = w.shape
-    if Cw != C:
-        raise ValueError(f"{fn}: w has {Cw} channels but x has {C} (x {x.shape}, w {w.shape})")
-    _check_shape(fn, "b", b, (F,))
-    if HH > H + 2 * pad or WW > W + 2 * pad:
-        raise ValueError(
-            f"{fn}: filter {HH}x{WW} does not fit input {H}x{W} with pad {pad} "
-            f"(x {x.shape}, w {w.shape})"
-        )
-    Ho = 1 + (H + 2 * pad - HH) // stride
-    Wo = 1 + (W + 2 * pad - WW) // stride
+    F, _, HH, WW = w.shape
     dt = _float_dtype(x.dtype, w.dtype, b.dtype)
     xc = np.ascontiguousarray(x, dtype=dt)
     wc = np.ascontiguousarray(w, dtype=dt)

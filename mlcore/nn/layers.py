@@ -323,22 +323,15 @@ def spatial_groupnorm_backward(dout, cache):
 # convolution and pooling
 
 
-def conv_forward_naive(x, w, b, conv_param):
-    """Convolution (cross-correlation, as in the course) of N inputs with F filters.
-
-    x: (N, C, H, W); w: (F, C, HH, WW); b: (F,); conv_param: 'stride' (>= 1), 'pad' (>= 0,
-    zeros on every side). Filters may be non-square and inputs rectangular; the output size is
-    H' = 1 + (H + 2 * pad - HH) // stride, W' = 1 + (W + 2 * pad - WW) // stride (rows and
-    columns a stride does not reach are ignored). Returns out (N, F, H', W') and cache
-    (x, w, b, conv_param).
-    """
-    fn = "conv_forward_naive"
+def conv_geometry(fn: str, x, w, b, conv_param):
+    """Validate a convolution's inputs for function ``fn`` and return
+    ``(x, w, b, stride, pad, H', W')`` with x, w, b as arrays."""
     x, w, b = np.asarray(x), np.asarray(w), np.asarray(b)
     _check_ndim(fn, "x", x, 4)
     _check_ndim(fn, "w", w, 4)
     stride = _int_param(fn, conv_param, "stride", 1)
     pad = _int_param(fn, conv_param, "pad", 0)
-    N, C, H, W = x.shape
+    _, C, H, W = x.shape
     F, Cw, HH, WW = w.shape
     if Cw != C:
         raise ValueError(f"{fn}: w has {Cw} channels but x has {C} (x {x.shape}, w {w.shape})")
@@ -348,8 +341,21 @@ def conv_forward_naive(x, w, b, conv_param):
             f"{fn}: filter {HH}x{WW} does not fit input {H}x{W} with pad {pad} "
             f"(x {x.shape}, w {w.shape})"
         )
-    Ho = 1 + (H + 2 * pad - HH) // stride
-    Wo = 1 + (W + 2 * pad - WW) // stride
+    return x, w, b, stride, pad, 1 + (H + 2 * pad - HH) // stride, 1 + (W + 2 * pad - WW) // stride
+
+
+def conv_forward_naive(x, w, b, conv_param):
+    """Convolution (cross-correlation, as in the course) of N inputs with F filters.
+
+    x: (N, C, H, W); w: (F, C, HH, WW); b: (F,); conv_param: 'stride' (>= 1), 'pad' (>= 0,
+    zeros on every side). Filters may be non-square and inputs rectangular; the output size is
+    H' = 1 + (H + 2 * pad - HH) // stride, W' = 1 + (W + 2 * pad - WW) // stride (rows and
+    columns a stride does not reach are ignored). Returns out (N, F, H', W') and cache
+    (x, w, b, conv_param).
+    """
+    x, w, b, stride, pad, Ho, Wo = conv_geometry("conv_forward_naive", x, w, b, conv_param)
+    N, C, H, W = x.shape
+    F, _, HH, WW = w.shape
 
     # channels first, (C, N, H, W), so that every tap below is a plain (F, C) @ (C, ...) product
     xp = np.pad(x.transpose(1, 0, 2, 3), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
