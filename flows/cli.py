@@ -17,6 +17,10 @@ from typing import Annotated, Any
 # a busy two-core machine.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# The terminal gets mlcore's own tables, progress bars and one-line errors; Prefect's console
+# log lines (a failed task's traceback among them) are off unless asked for, e.g.
+# PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=INFO. Every log still reaches the Prefect API and UI.
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -115,33 +119,34 @@ def run_housing(
     from flows.housing import housing_regression
 
     params: dict[str, Any] = {"sgd_batch_size": sgd_batch_size, "seed": seed}
-    for key, value in {
-        "alphas": parse_list(alphas, float, "--alphas"),
-        "sgd_lrs": parse_list(sgd_lr, float, "--sgd-lr"),
-        "sgd_epochs": parse_list(sgd_epochs, int, "--sgd-epochs"),
-    }.items():
-        if value is not None:
-            params[key] = value
+    for key, option, kind, lowest, strict in (
+        ("alphas", "--alphas", float, 0, False),
+        ("sgd_lrs", "--sgd-lr", float, 0, True),
+        ("sgd_epochs", "--sgd-epochs", int, 1, False),
+    ):
+        text = {"alphas": alphas, "sgd_lrs": sgd_lr, "sgd_epochs": sgd_epochs}[key]
+        value = parse_list(text, kind, option)
+        if value is None:
+            continue
+        bad = [v for v in value if v < lowest or (strict and v == lowest)]
+        if bad:
+            raise UsageError(f"{option}: {bad[0]!r} must be {'>' if strict else '>='} {lowest}")
+        params[key] = value
     result = housing_regression(**params)
     show_housing_result(result)
 
 
 def show_housing_result(result: dict) -> None:
-    rows = sorted(result["results"], key=lambda r: r["val_mae"])
-    cols = [
-        "model",
-        "alpha",
-        "lr",
-        "epochs",
-        "batch_size",
-        "train_mae",
-        "val_mae",
-        "test_mae",
-        "test_r2",
+    from tasks.linear import model_label
+
+    hyper = ("alpha", "lr", "epochs", "batch_size")  # the seed is the same for every row
+    rows = [
+        {**r, "model": model_label(r["model"], {k: r[k] for k in hyper if k in r})}
+        for r in sorted(result["results"], key=lambda r: r["val_mae"])
     ]
-    cols = [c for c in cols if any(c in r for r in rows)]
+    cols = ["model", "train_mae", "val_mae", "test_mae", "test_r2"]
     print_table("housing_regression (sorted by validation MAE)", rows, cols)
-    best = result["best"]
+    best = next(r for r in rows if r["run_id"] == result["best"]["run_id"])
     console.print(f"best by val_mae: [bold]{best['model']}[/] (child run {best['run_id']})")
     console.print(f"MLflow run id: [bold]{result['run_id']}[/]")
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from prefect import flow
 
+from mlcore.data import DATASETS
 from tasks import tracking
 from tasks.convnet import evaluate_convnet, gradient_gate, load_images, model_config, train_convnet
+from tasks.data import fetch_dataset
 from tasks.registry import convnet_data_key, register_model
 
 
@@ -39,7 +41,8 @@ def convnet_training(
     resolved = {**config, **solver_config}
     resolved.pop("optim_config")
     with tracking.parent_run("convnet", "convnet_training", call, resolved) as run_id:
-        data = load_images(dataset, num_train, seed, run_id)
+        path = fetch_dataset(dataset) if dataset in DATASETS else None  # digits ship with sklearn
+        data = load_images(dataset, num_train, seed, run_id, path)
         num_classes = int(data["y_train"].max()) + 1
         gradient_gate(data["X_train"].shape[1:], config["filter_size"], num_classes, seed, run_id)
         trained = train_convnet(data, config, solver_config, seed, run_id)

@@ -37,10 +37,11 @@ def model_config(dataset: str, **overrides) -> dict[str, Any]:
 
 @task
 def load_images(
-    dataset: str, num_train: int | None, seed: int, run_id: str
+    dataset: str, num_train: int | None, seed: int, run_id: str, path: str | None = None
 ) -> dict[str, np.ndarray]:
-    """The dataset's train/val/test split; the first ``num_train`` training rows if given."""
-    data = load_image_dataset(dataset)
+    """The dataset's train/val/test split (from the downloaded file at ``path`` for a dataset
+    that has one); the first ``num_train`` training rows if given."""
+    data = load_image_dataset(dataset, **({"path": path} if path else {}))
     if num_train is not None:
         if not 1 <= num_train <= len(data["X_train"]):
             raise ValueError(f"num_train must be in [1, {len(data['X_train'])}], got {num_train}")

@@ -36,6 +36,18 @@ def test_malformed_list_is_one_line(mlflow_store):
     )
 
 
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--sgd-lr", "0.01,0"], r"error: --sgd-lr: 0.0 must be > 0"),
+        (["--alphas", "-1"], r"error: --alphas: -1.0 must be >= 0"),
+        (["--sgd-epochs", "0"], r"error: --sgd-epochs: 0 must be >= 1"),
+    ],
+)
+def test_out_of_range_values_are_one_line(mlflow_store, args, pattern):
+    one_line_error(runner.invoke(app, ["run", "housing", *args]), pattern)
+
+
 def test_unknown_experiment_is_one_line(mlflow_store):
     one_line_error(runner.invoke(app, ["runs", "nope"]), r"error: no MLflow experiment 'nope'")
 
