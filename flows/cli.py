@@ -52,12 +52,20 @@ def friendly_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import httpx
         from mlflow.exceptions import MlflowException
 
         try:
             return fn(*args, **kwargs)
-        except (ValueError, ArithmeticError, OSError, RuntimeError, MlflowException) as exc:
+        except (
+            ValueError, ArithmeticError, OSError, RuntimeError, MlflowException, httpx.HTTPError,
+        ) as exc:  # fmt: skip
             msg = exc.message if isinstance(exc, MlflowException) else str(exc)
+            if isinstance(exc, httpx.TransportError | ConnectionRefusedError):
+                from prefect.settings import PREFECT_API_URL
+
+                if PREFECT_API_URL.value():
+                    msg = f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {msg}"
             line = msg.splitlines()[0] if msg else type(exc).__name__
             err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
             raise typer.Exit(1) from None
@@ -243,6 +251,9 @@ def run_pipeline(
 def runs(
     experiment: Annotated[str, typer.Argument(help="MLflow experiment, e.g. housing.")],
     sort: Annotated[str | None, typer.Option(help="Metric to sort by (ascending).")] = None,
+    desc: Annotated[
+        bool, typer.Option("--desc", help="Sort descending (e.g. accuracies).")
+    ] = False,
     limit: Annotated[int, typer.Option(min=1, help="How many runs to show.")] = 20,
     children: Annotated[bool, typer.Option(help="Show each model's child run too.")] = False,
     plot: Annotated[
@@ -255,7 +266,7 @@ def runs(
     """Compare past runs of EXPERIMENT, read back from MLflow: params and metrics as columns."""
     from flows.compare import metric_columns, plot_metric, run_table, save_plot
 
-    rows, columns = run_table(experiment, sort=sort, limit=limit, children=children)
+    rows, columns = run_table(experiment, sort, limit, children, descending=desc)
     if not rows:
         console.print(f"experiment {experiment!r} has no runs yet")
         return

@@ -8,9 +8,14 @@ from mlflow import MlflowClient
 
 
 def run_table(
-    experiment: str, sort: str | None = None, limit: int = 20, children: bool = False
+    experiment: str,
+    sort: str | None = None,
+    limit: int = 20,
+    children: bool = False,
+    descending: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows (one per run, newest first unless ``sort`` names a metric) and the column order."""
+    """Rows (one per run, newest first unless ``sort`` names a metric: ascending, or
+    ``descending``; runs without it last) and the column order."""
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -27,12 +32,13 @@ def run_table(
         if not any(sort in r.data.metrics for r in runs):
             known = sorted({m for r in runs for m in r.data.metrics})
             raise ValueError(f"--sort: no run has metric {sort!r} (metrics: {', '.join(known)})")
-        runs = sorted(runs, key=lambda r: r.data.metrics.get(sort, float("inf")))
+        sign = -1.0 if descending else 1.0
+        runs = sorted(runs, key=lambda r: sign * r.data.metrics.get(sort, sign * float("inf")))
     runs = runs[:limit]
     rows, params, metrics = [], [], []
     for r in runs:
         row = {
-            "run_id": r.info.run_id[:12],
+            "run_id": r.info.run_id,  # whole: it is what `mlcore rerun` takes
             "start": _time(r.info.start_time),
             "status": r.info.status,
             "kind": "child" if "mlflow.parentRunId" in r.data.tags else "flow",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from mlcore.data import DATASETS
+from mlcore.data.images import class_names
 from tasks import tracking
 from tasks.convnet import evaluate_convnet, gradient_gate, load_images, model_config, train_convnet
 from tasks.data import fetch_dataset
@@ -42,10 +43,10 @@ def convnet_training(
     resolved.pop("optim_config")
     with tracking.parent_run("convnet", "convnet_training", call, resolved) as run_id:
         path = fetch_dataset(dataset) if dataset in DATASETS else None  # digits ship with sklearn
-        data = load_images(dataset, num_train, seed, run_id, path)
-        num_classes = int(data["y_train"].max()) + 1
+        data = load_images(dataset, num_train, run_id, path)
+        num_classes = len(class_names(dataset))
         gradient_gate(data["X_train"].shape[1:], config["filter_size"], num_classes, seed, run_id)
-        trained = train_convnet(data, config, solver_config, seed, run_id)
+        trained = train_convnet(data, num_classes, config, solver_config, seed, run_id)
         result = evaluate_convnet(trained, data, run_id)
         result["registered"] = register_model(
             result["model_uri"], f"{dataset}-convnet", "best_val_acc", result["best_val_acc"],

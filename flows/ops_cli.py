@@ -49,6 +49,7 @@ def server(
     """Start the local stack: a Prefect server and an MLflow tracking server, until Ctrl-C."""
     from flows.stack import local_stack
 
+    _stop_on_sigterm()
     console.print(f"starting the Prefect and MLflow servers (logs in [bold]{logs}[/]) ...")
     with local_stack(
         host, prefect_port, mlflow_port, prefect_db, mlflow_backend, artifacts, logs
@@ -91,6 +92,18 @@ def trigger(
     console.print(f"flow run [bold]{run.id}[/] ({run.name}): {run.state_name}")
     if wait and run.state_name != "Completed":
         raise RunFailed(f"flow run {run.id} ended {run.state_name}: {run.state.message or ''}")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM and SIGHUP stop the stack like Ctrl-C does (the servers run in process groups
+    of their own, so without this they would outlive a terminated `mlcore server`)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
 
 
 class RunFailed(RuntimeError):

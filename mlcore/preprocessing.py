@@ -50,3 +50,16 @@ class Standardizer:
         X = check_array(X, "X")
         check_n_features(self, X)
         return X * self.scale_ + self.mean_
+
+
+def feature_stats(before: dict, after: dict, splits=("train", "val", "test")) -> dict:
+    """The course's printout as columns: per-feature mean and variance of each split's
+    ``X_<split>`` in ``before`` (raw) and ``after`` (standardized)."""
+    n = before[f"X_{splits[0]}"].shape[1]
+    table = {"feature": [f"x{j + 1}" for j in range(n)]}
+    for stage, data in (("raw", before), ("std", after)):
+        for split in splits:
+            X = data[f"X_{split}"]
+            table[f"{split}_mean_{stage}"] = X.mean(axis=0)
+            table[f"{split}_var_{stage}"] = X.var(axis=0)
+    return table

@@ -37,10 +37,12 @@ def model_config(dataset: str, **overrides) -> dict[str, Any]:
 
 @task
 def load_images(
-    dataset: str, num_train: int | None, seed: int, run_id: str, path: str | None = None
+    dataset: str, num_train: int | None, run_id: str, path: str | None = None
 ) -> dict[str, np.ndarray]:
     """The dataset's train/val/test split (from the downloaded file at ``path`` for a dataset
-    that has one); the first ``num_train`` training rows if given."""
+    that has one), mean image of the whole training split subtracted; then, if given, only
+    the first ``num_train`` training rows are kept (the course's overfitting cell does the
+    same with the first 100 images of its preprocessed CIFAR-10)."""
     data = load_image_dataset(dataset, **({"path": path} if path else {}))
     if num_train is not None:
         if not 1 <= num_train <= len(data["X_train"]):
@@ -107,6 +109,7 @@ class _TrainingDisplay:
 @task
 def train_convnet(
     data: dict[str, np.ndarray],
+    num_classes: int,
     config: dict[str, Any],
     solver_config: dict[str, Any],
     seed: int,
@@ -114,7 +117,6 @@ def train_convnet(
 ) -> dict[str, Any]:
     """Train a ThreeLayerConvNet with Solver (per-iteration loss, per-epoch accuracies to
     MLflow). Returns the model (best validation parameters) and its histories."""
-    num_classes = int(max(data["y_train"].max(), data["y_val"].max())) + 1
     model = ThreeLayerConvNet(
         input_dim=data["X_train"].shape[1:], num_classes=num_classes, seed=seed,
         dtype=np.float32, **config,

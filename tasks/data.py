@@ -12,7 +12,7 @@ from prefect.tasks import exponential_backoff
 
 from mlcore.data import fetch, get_dataset, load_libsvm, split_like_course
 from mlcore.data.registry import data_dir
-from mlcore.preprocessing import Standardizer
+from mlcore.preprocessing import Standardizer, feature_stats
 from tasks import tracking
 
 SPLITS = ("train", "val", "test")
@@ -61,18 +61,6 @@ def load_split(
     return split_like_course(X, y, test_size, random_state, val_split)
 
 
-def feature_stats_table(before: dict, after: dict) -> pd.DataFrame:
-    """Per-feature mean and variance of each split, before and after standardization."""
-    n = before["X_train"].shape[1]
-    table = {"feature": [f"x{j + 1}" for j in range(n)]}
-    for stage, data in (("raw", before), ("std", after)):
-        for split in SPLITS:
-            X = data[f"X_{split}"]
-            table[f"{split}_mean_{stage}"] = X.mean(axis=0)
-            table[f"{split}_var_{stage}"] = X.var(axis=0)
-    return pd.DataFrame(table)
-
-
 @task
 def standardize(split: dict, run_id: str | None = None) -> tuple[dict, Standardizer]:
     """Fit a Standardizer on X_train only and apply it to every split; log the course's
@@ -82,7 +70,8 @@ def standardize(split: dict, run_id: str | None = None) -> tuple[dict, Standardi
     for name in SPLITS:
         out[f"X_{name}"] = scaler.transform(split[f"X_{name}"])
     if run_id:
-        tracking.log_dataframe(run_id, feature_stats_table(split, out), "feature_stats.csv")
+        table = pd.DataFrame(feature_stats(split, out, SPLITS))
+        tracking.log_dataframe(run_id, table, "feature_stats.csv")
     return out, scaler
 
 

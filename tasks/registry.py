@@ -34,8 +34,8 @@ def housing_data_key(dataset: str, test_size: float, split_random_state: int, va
 
 
 def convnet_data_key(dataset: str, num_train: int | None) -> str:
-    """The identity of an image dataset's validation rows: the name, its default split (the
-    flow always takes it) and ``num_train``, the training rows its mean image was taken from."""
+    """What a ConvNet's validation accuracy is comparable on: the dataset, its default split
+    (the flow always takes it) and ``num_train``, the number of training rows it learnt from."""
     return f"{dataset}:split=default:num_train={num_train}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -20,6 +21,15 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def one_line_error(result, pattern: str) -> None:
+    """A CLI result that failed the way a user's mistake must: exit 1, exactly one non-empty
+    line of output, starting with ``error:`` and matching ``pattern``, no traceback."""
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert lines[0].startswith("error:") and re.search(pattern, lines[0]), lines[0]
 
 
 def shared_data_dir() -> Path | None:

@@ -8,16 +8,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flows.cli import app, parse_list
+from tests.conftest import one_line_error
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
-
-
-def one_line_error(result, pattern):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 def test_parse_list():
@@ -65,7 +59,7 @@ def test_run_housing_then_compare_runs(prefect_harness, data_env, mlflow_store):
         app, ["runs", "housing", "--sort", "best_val_mae"], env={"COLUMNS": "300"}
     )
     assert listed.exit_code == 0, listed.output
-    assert run_id[:12] in listed.output and "FINISHED" in listed.output
+    assert run_id in listed.output and "FINISHED" in listed.output  # whole id, for rerun
     children = runner.invoke(app, ["runs", "housing", "--children"], env={"COLUMNS": "300"})
     assert children.output.count("child") == 4  # ols, two ridges, one sgd
     one_line_error(
@@ -107,3 +101,21 @@ def test_mlcore_ui_serves_the_store_on_loopback(mlflow_store, tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
         out.close()
+
+
+def test_trigger_without_a_reachable_server_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from flows.stack import free_port
+
+    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",
+           "PREFECT_HOME": str(tmp_path)}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "trigger", "housing_regression/nightly"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1, done.stdout + done.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in done.stderr

@@ -22,9 +22,9 @@ def run_id(mlflow_store):
 
 
 def test_train_and_evaluate_log_everything_and_the_model_predicts_identically(run_id, tmp_path):
-    data = load_images.fn("digits", None, 0, run_id)
+    data = load_images.fn("digits", None, run_id)
     config = model_config("digits")
-    trained = train_convnet.fn(data, config, SOLVER, 0, run_id)
+    trained = train_convnet.fn(data, 10, config, SOLVER, 0, run_id)
     result = evaluate_convnet.fn(trained, data, run_id)
     client = MlflowClient()
     iterations = 3 * (len(data["X_train"]) // 50)
@@ -69,7 +69,7 @@ def test_bad_parameters_are_clear_errors(run_id):
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         model_config("mnist")
     with pytest.raises(ValueError, match=r"num_train must be in \[1, "):
-        load_images.fn("digits", 10**6, 0, run_id)
+        load_images.fn("digits", 10**6, run_id)
 
 
 def test_convnet_flow_end_to_end(prefect_harness, mlflow_store):
@@ -85,4 +85,11 @@ def test_convnet_flow_end_to_end(prefect_harness, mlflow_store):
         run.data.metrics
     )
     assert len(MlflowClient().get_metric_history(result["run_id"], "loss")) == 2 * (400 // 50)
-    assert mlflow.pyfunc.load_model(result["model_uri"]) is not None
+    plots = {a.path for a in MlflowClient().list_artifacts(result["run_id"], "plots")}
+    assert plots == {"plots/training_curves.png", "plots/filters.png"}
+    # the logged model scores the test split exactly as the flow measured it
+    from mlcore.data.images import load_digits_data
+
+    test = load_digits_data()
+    predicted = mlflow.pyfunc.load_model(result["model_uri"]).predict(test["X_test"])
+    assert np.mean(predicted == test["y_test"]) == run.data.metrics["test_acc"]

@@ -92,6 +92,9 @@ def test_fetch_dataset_task_is_cached_on_name_and_sha(served, prefect_harness):
 
 def test_directory_mirror_and_its_errors(data_env, tmp_path, monkeypatch):
     assert fetch("housing_scale").read_bytes()[:3] == b"24 "
+    # a verified cached copy is used even where the mirror lacks the file
+    monkeypatch.setenv("MLCORE_DATA_MIRROR", str(tmp_path / "empty"))
+    assert fetch("housing_scale") == data_env / "housing_scale"
     monkeypatch.setenv("MLCORE_DATA_MIRROR", str(tmp_path / "empty"))
     monkeypatch.setenv("MLCORE_DATA_DIR", str(tmp_path / "other-cache"))
     with pytest.raises(DataError, match="MLCORE_DATA_MIRROR=.* has no file 'housing_scale'"):

@@ -19,7 +19,8 @@ def test_every_layer_of_the_course_is_checked():
     expected = {
         "affine", "relu", "dropout", "conv_naive", "conv_fast", "max_pool_naive", "max_pool_fast",
         "softmax_loss", "svm_loss", "batchnorm", "layernorm", "spatial_batchnorm",
-        "spatial_groupnorm", "affine_relu", "conv_relu", "conv_relu_pool", "three_layer_convnet",
+        "spatial_groupnorm", "affine_relu", "conv_relu", "conv_relu_pool", "affine_bn_relu",
+        "conv_bn_relu", "three_layer_convnet",
     }  # fmt: skip
     assert set(GRADIENT_CHECKS) == expected
     assert GRADIENT_CHECKS["conv_naive"].threshold == 1e-7

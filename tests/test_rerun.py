@@ -13,17 +13,11 @@ from flows.compare import metric_columns, plot_metric, run_table
 from flows.housing import housing_regression
 from flows.params import coerce, parse_overrides
 from tasks import tracking
+from tests.conftest import one_line_error
 
 runner = CliRunner()
 ENV = {"COLUMNS": "300"}
 SMALL = {"alphas": [1e-4, 1.0], "sgd_lrs": [0.01], "sgd_epochs": [50]}
-
-
-def one_line_error(result, pattern):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    assert lines[0].startswith("error:") and re.search(pattern, lines[0]), lines[0]
 
 
 def test_rerun_reproduces_exactly_then_reports_a_changed_parameter(
@@ -68,6 +62,10 @@ def test_rerun_reproduces_exactly_then_reports_a_changed_parameter(
     assert f"plot of best_val_mae written to {png}" in listed.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows, columns = run_table("housing", sort="best_val_mae")
+    values = [r["best_val_mae"] for r in rows]
+    assert values == sorted(values)
+    down = run_table("housing", sort="best_val_mae", descending=True)[0]
+    assert [r["best_val_mae"] for r in down] == sorted(values, reverse=True)
     fig = plot_metric(rows, "best_val_mae", "t")
     (ax,) = fig.axes
     assert [b.get_height() for b in ax.patches] == [r["best_val_mae"] for r in rows]
@@ -77,6 +75,15 @@ def test_rerun_reproduces_exactly_then_reports_a_changed_parameter(
         runner.invoke(app, ["runs", "housing", "--plot", str(png), "--metric", "nope"], env=ENV),
         r"error: --metric: no run has metric 'nope' \(metrics: best_test_mae, ",
     )
+
+    # the original claims other data and other code: the rerun says both differ
+    client.set_tag(original["run_id"], "data.sha256", "0" * 64)
+    client.set_tag(original["run_id"], "git_commit", "1" * 40)
+    other = runner.invoke(app, ["rerun", original["run_id"]], env=ENV)
+    assert other.exit_code == 0, other.output
+    assert f"data differs: {'0' * 64} -> {before.data.tags['data.sha256']}" in other.output
+    assert f"code differs: {'1' * 40} -> " in other.output
+    assert "reproduced exactly" not in other.output and "every metric is the same" in other.output
 
     # a rerun whose flow fails: its run is FAILED and still says what it reran
     failed = runner.invoke(app, ["rerun", original["run_id"], "--set", "sgd_lrs=-1"], env=ENV)

@@ -3,9 +3,7 @@ CSV and .npy files, both against the model's own predictions."""
 
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,22 +17,17 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
+from flows.stack import free_port
 from mlcore.linear import RidgeRegression
 from mlcore.nn import ThreeLayerConvNet
 from mlcore.preprocessing import Standardizer
 from tasks import tracking
 from tasks.registry import housing_data_key, register_model
+from tests.conftest import one_line_error
 
 runner = CliRunner()
 ENV = {"COLUMNS": "300"}
 VENV_BIN = Path(sys.executable).parent
-
-
-def one_line_error(result, pattern):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    assert lines[0].startswith("error:") and re.search(pattern, lines[0]), lines[0]
 
 
 @pytest.fixture
@@ -53,12 +46,6 @@ def champion(mlflow_store, housing):
     return {"uri": mlflow_store, "X": X, "expected": np.ravel(model.predict(scaler.transform(X)))}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, payload: dict) -> dict:
     request = urllib.request.Request(
         url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
@@ -68,7 +55,7 @@ def _post(url: str, payload: dict) -> dict:
 
 
 def test_mlflow_models_serve_answers_with_the_same_numbers(champion, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": champion["uri"],

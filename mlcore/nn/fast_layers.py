@@ -103,7 +103,7 @@ def _ext(stacklevel: int = 4):
 
 
 # validation: the naive layers' helpers, so the messages match
-from mlcore.nn.layers import _check_ndim, _int_param, conv_geometry  # noqa: E402
+from mlcore.nn.layers import conv_geometry, pool_geometry  # noqa: E402
 
 
 def _float_dtype(*dtypes) -> np.dtype:
@@ -143,6 +143,20 @@ def _scratch_array(name, shape, dtype) -> np.ndarray:
 _POOL_SIZE = 4  # column buffers kept per thread for reuse
 
 
+def _refs_of_a_free_buffer() -> int:
+    """What ``sys.getrefcount`` says of a pooled buffer nothing else refers to, measured the
+    way `_column_buffer` looks (the interpreter may borrow references: Python 3.14 counts
+    fewer than 3.11, so the threshold is calibrated, not hard-coded)."""
+    pool = [np.empty(1)]
+    for i in range(len(pool)):
+        buf = pool[i]
+        return sys.getrefcount(buf)
+    raise AssertionError("unreachable")
+
+
+_FREE_REFS = _refs_of_a_free_buffer()
+
+
 def _column_buffer(shape, dtype) -> np.ndarray:
     """A C-contiguous array for the columns, reusing (per thread) the memory of a column
     matrix whose cache is gone. A fresh multi-megabyte array costs page faults plus the
@@ -156,8 +170,8 @@ def _column_buffer(shape, dtype) -> np.ndarray:
         pool = _scratch.cols_pool = []
     for i in range(len(pool)):
         buf = pool[i]
-        # references: the pool's list, `buf`, getrefcount's argument
-        if buf.dtype == dtype and buf.size == n and sys.getrefcount(buf) <= 3:
+        # free: referenced only by the pool, `buf` and getrefcount's argument (no view alive)
+        if buf.dtype == dtype and buf.size == n and sys.getrefcount(buf) <= _FREE_REFS:
             pool.append(pool.pop(i))  # most recently used last
             return buf.reshape(shape)
     buf = np.empty(n, dtype=dtype)
@@ -165,7 +179,7 @@ def _column_buffer(shape, dtype) -> np.ndarray:
     if len(pool) > _POOL_SIZE:  # forget the least recently used buffer that is free
         for i in range(len(pool) - 1):
             old = pool[i]
-            if sys.getrefcount(old) <= 3:
+            if sys.getrefcount(old) <= _FREE_REFS:
                 del pool[i]
                 break
             del old
@@ -283,17 +297,8 @@ def max_pool_forward_fast(x, pool_param):
     """Max pooling of x (N, C, H, W) with windows pool_height x pool_width every stride
     (windows may overlap and need not tile the input). Returns (out, cache) with out of shape
     (N, C, 1 + (H - pool_height) // stride, 1 + (W - pool_width) // stride)."""
-    fn = "max_pool_forward_fast"
-    x = np.asarray(x)
-    _check_ndim(fn, "x", x, 4)
-    ph = _int_param(fn, pool_param, "pool_height", 1)
-    pw = _int_param(fn, pool_param, "pool_width", 1)
-    stride = _int_param(fn, pool_param, "stride", 1)
+    x, ph, pw, stride, Ho, Wo = pool_geometry("max_pool_forward_fast", x, pool_param)
     N, C, H, W = x.shape
-    if ph > H or pw > W:
-        raise ValueError(f"{fn}: pool window {ph}x{pw} does not fit input {H}x{W} (x {x.shape})")
-    Ho = 1 + (H - ph) // stride
-    Wo = 1 + (W - pw) // stride
     dt = _float_dtype(x.dtype)
     ext = _ext(stacklevel=3)
     if ext is not None:

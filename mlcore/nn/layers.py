@@ -409,6 +409,20 @@ def _pool_windows(x, ph, pw, stride, Ho, Wo):
     )
 
 
+def pool_geometry(fn: str, x, pool_param):
+    """Validate a max pool's input for function ``fn`` and return
+    ``(x, pool_height, pool_width, stride, H', W')`` with x as an array."""
+    x = np.asarray(x)
+    _check_ndim(fn, "x", x, 4)
+    ph = _int_param(fn, pool_param, "pool_height", 1)
+    pw = _int_param(fn, pool_param, "pool_width", 1)
+    stride = _int_param(fn, pool_param, "stride", 1)
+    H, W = x.shape[2:]
+    if ph > H or pw > W:
+        raise ValueError(f"{fn}: pool window {ph}x{pw} does not fit input {H}x{W} (x {x.shape})")
+    return x, ph, pw, stride, 1 + (H - ph) // stride, 1 + (W - pw) // stride
+
+
 def max_pool_forward_naive(x, pool_param):
     """Max pooling.
 
@@ -416,17 +430,7 @@ def max_pool_forward_naive(x, pool_param):
     Output size H' = 1 + (H - pool_height) // stride, W' = 1 + (W - pool_width) // stride.
     Returns out (N, C, H', W') and cache (x, pool_param).
     """
-    fn = "max_pool_forward_naive"
-    x = np.asarray(x)
-    _check_ndim(fn, "x", x, 4)
-    ph = _int_param(fn, pool_param, "pool_height", 1)
-    pw = _int_param(fn, pool_param, "pool_width", 1)
-    stride = _int_param(fn, pool_param, "stride", 1)
-    N, C, H, W = x.shape
-    if ph > H or pw > W:
-        raise ValueError(f"{fn}: pool window {ph}x{pw} does not fit input {H}x{W} (x {x.shape})")
-    Ho = 1 + (H - ph) // stride
-    Wo = 1 + (W - pw) // stride
+    x, ph, pw, stride, Ho, Wo = pool_geometry("max_pool_forward_naive", x, pool_param)
     out = _pool_windows(x, ph, pw, stride, Ho, Wo).max(axis=0)
     return out, (x, pool_param)
 
