@@ -20,9 +20,16 @@ from mlcore.nn.layer_utils import (
     conv_relu_pool_forward,
 )
 
-# the course: errors "around 1e-8 or less" for the conv sandwiches; the max over many elements
-# of a relative error of that order
-CONV_TOL = 5e-8
+# The course: errors "around 1e-8 or less" for the conv sandwiches. On the course's own inputs
+# (np.random.seed(231) as in the notebook) conv_relu gives 1.5e-9 and conv_relu_pool 1.04e-8
+# for dx: the bound is that "around 1e-8".
+CONV_TOL = 2e-8
+
+
+def course_inputs(*shapes):
+    """The notebook's inputs exactly: np.random.seed(231), then randn per shape in order."""
+    rs = np.random.RandomState(231)
+    return [rs.randn(*shape) for shape in shapes]
 
 
 @pytest.fixture
@@ -75,20 +82,14 @@ def test_affine_bn_relu(rng):
     )
 
 
-def test_conv_relu_course_config(rng):
-    x = rng.standard_normal((2, 3, 8, 8))
-    w = rng.standard_normal((3, 3, 3, 3))
-    b = rng.standard_normal(3)
-    dout = rng.standard_normal((2, 3, 8, 8))
+def test_conv_relu_course_config():
+    x, w, b, dout = course_inputs((2, 3, 8, 8), (3, 3, 3, 3), (3,), (2, 3, 8, 8))
     conv_param = {"stride": 1, "pad": 1}
     check_sandwich(conv_relu_forward, conv_relu_backward, (x, w, b), dout, CONV_TOL, (conv_param,))
 
 
-def test_conv_relu_pool_course_config(rng):
-    x = rng.standard_normal((2, 3, 16, 16))
-    w = rng.standard_normal((3, 3, 3, 3))
-    b = rng.standard_normal(3)
-    dout = rng.standard_normal((2, 3, 8, 8))
+def test_conv_relu_pool_course_config():
+    x, w, b, dout = course_inputs((2, 3, 16, 16), (3, 3, 3, 3), (3,), (2, 3, 8, 8))
     conv_param = {"stride": 1, "pad": 1}
     pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
     check_sandwich(
