@@ -162,20 +162,17 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> Non
 def log_metric_history(
     run_id: str, history: Mapping[str, list[float]], first_step: int = 0
 ) -> None:
-    """Log whole series at once (``name -> values``, steps counted from ``first_step``),
-    in batches of MLflow's maximum size, instead of one request per point."""
-    now = int(time.time() * 1000)
-    batch = [
-        Metric(name, float(v), now, first_step + i)
-        for name, values in history.items()
-        for i, v in enumerate(values)
-    ]
-    for start in range(0, len(batch), 1000):
-        client().log_batch(run_id, metrics=batch[start : start + 1000])
+    """Log whole series at once (``name -> values``, steps counted from ``first_step``)."""
+    buffer = MetricBuffer(run_id)
+    for name, values in history.items():
+        for i, value in enumerate(values):
+            buffer.add(name, value, first_step + i)
+    buffer.flush()
 
 
 class MetricBuffer:
-    """Collect metric points and send them in batches (a request per point is slow)."""
+    """Collect metric points and send them in batches of MLflow's maximum size (a request
+    per point is slow)."""
 
     def __init__(self, run_id: str):
         self.run_id = run_id
