@@ -12,6 +12,7 @@ import functools
 import json
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,6 +28,11 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import DatasetInput, InputTag, Metric, RunStatus  # noqa: E402
 
 PYFUNC_DIR = Path(__file__).parent / "pyfunc"
+# Loading a models-from-code model swaps a mock into sys.modules["dbutils"] and restores the
+# previous entry afterwards (mlflow.models.utils._mock_dbutils): two threads doing it at once
+# leave the mock there for good. Prefect runs evaluate tasks in parallel threads, so model
+# logging is serialised.
+_MODEL_LOG_LOCK = threading.Lock()
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -238,18 +244,19 @@ def log_pyfunc_model(
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.npz"
         np.savez(weights, **arrays)
-        prediction = _load_code_model(code, weights).predict(None, input_example)
-        info = Model.log(
-            artifact_path=None,
-            name=name,
-            flavor=mlflow.pyfunc,
-            run_id=run_id,
-            python_model=str(code),
-            artifacts={"weights": str(weights)},
-            signature=infer_signature(input_example, prediction),
-            input_example=input_example,
-            pip_requirements=[f"numpy>={np.__version__.split('.')[0]}", "mlflow", *extra_pip],
-        )
+        with _MODEL_LOG_LOCK:
+            prediction = _load_code_model(code, weights).predict(None, input_example)
+            info = Model.log(
+                artifact_path=None,
+                name=name,
+                flavor=mlflow.pyfunc,
+                run_id=run_id,
+                python_model=str(code),
+                artifacts={"weights": str(weights)},
+                signature=infer_signature(input_example, prediction),
+                input_example=input_example,
+                pip_requirements=[f"numpy>={np.__version__.split('.')[0]}", "mlflow", *extra_pip],
+            )
     return info.model_uri
 
 

@@ -111,3 +111,13 @@ def test_failed_flow_marks_its_run_failed(prefect_harness, data_env, mlflow_stor
         "tags.mlflow.parentRunId IS NULL",
     )
     assert run.info.status == "FAILED"
+
+
+def test_parallel_model_logging_leaves_no_mlflow_mock_behind(flow_result):
+    """Loading models-from-code swaps a mock into sys.modules["dbutils"]; the flow's parallel
+    evaluate tasks once left it there for good (it broke hypothesis later in the session)."""
+    import sys
+
+    from mlflow.models.utils import MockDbutils
+
+    assert not isinstance(sys.modules.get("dbutils"), MockDbutils)
