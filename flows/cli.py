@@ -122,11 +122,20 @@ def run_housing(
     sgd_epochs: Annotated[str | None, typer.Option(help="SGD epoch counts to tune over.")] = None,
     sgd_batch_size: Annotated[int, typer.Option(min=1, help="SGD mini-batch size.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of SGD's shuffling.")] = 1234,
+    standardize: Annotated[
+        bool,
+        typer.Option(
+            help="Standardize the features on the training rows (--no-standardize: fit on the "
+            "features as downloaded, which reproduces the course's printed ridge errors)."
+        ),
+    ] = True,
 ) -> None:
     """Linear regression on LIBSVM housing_scale: OLS, ridge per alpha, SGD tuned on val."""
     from flows.housing import housing_regression
 
-    params: dict[str, Any] = {"sgd_batch_size": sgd_batch_size, "seed": seed}
+    params: dict[str, Any] = {
+        "sgd_batch_size": sgd_batch_size, "seed": seed, "standardize": standardize,
+    }  # fmt: skip
     for key, option, kind, lowest, strict in (
         ("alphas", "--alphas", float, 0, False),
         ("sgd_lrs", "--sgd-lr", float, 0, True),
@@ -195,8 +204,13 @@ def show_gradcheck_result(result: dict) -> None:
 def run_convnet(
     dataset: Annotated[str, typer.Option(help="digits (offline) or cifar10.")] = "digits",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
-    batch_size: Annotated[int, typer.Option(min=1)] = 50,
-    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate.")] = 1e-3,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Default: per dataset (digits 25, cifar10 50).")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Learning rate (per dataset: digits 1e-2, cifar10 1e-3)."),
+    ] = None,
     update_rule: Annotated[str, typer.Option(help="sgd, sgd_momentum, rmsprop or adam.")] = "adam",
     reg: Annotated[float, typer.Option(min=0.0, help="L2 regularisation.")] = 0.0,
     hidden_dim: Annotated[int | None, typer.Option(min=1, help="Default: per dataset.")] = None,

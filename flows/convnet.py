@@ -7,7 +7,14 @@ from prefect import flow
 from mlcore.data import DATASETS
 from mlcore.data.images import class_names
 from tasks import tracking
-from tasks.convnet import evaluate_convnet, gradient_gate, load_images, model_config, train_convnet
+from tasks.convnet import (
+    evaluate_convnet,
+    gradient_gate,
+    load_images,
+    model_config,
+    train_convnet,
+    training_config,
+)
 from tasks.data import fetch_dataset
 from tasks.registry import convnet_data_key, register_model
 
@@ -16,8 +23,8 @@ from tasks.registry import convnet_data_key, register_model
 def convnet_training(
     dataset: str = "digits",
     epochs: int = 10,
-    batch_size: int = 50,
-    lr: float = 1e-3,
+    batch_size: int | None = None,
+    lr: float | None = None,
     update_rule: str = "adam",
     lr_decay: float = 1.0,
     reg: float = 0.0,
@@ -29,18 +36,22 @@ def convnet_training(
     seed: int = 0,
 ) -> dict:
     """load -> gradient gate on a tiny batch -> train with Solver -> evaluate on test -> log.
-    Architecture parameters left as None take the dataset's defaults (tasks.convnet)."""
+    Architecture and optimiser parameters left as None take the dataset's defaults
+    (tasks.convnet.MODEL_DEFAULTS and TRAINING_DEFAULTS)."""
     call = dict(locals())
     config = model_config(
         dataset, hidden_dim=hidden_dim, num_filters=num_filters, filter_size=filter_size,
         weight_scale=weight_scale, reg=reg,
     )  # fmt: skip
+    training = training_config(dataset, lr=lr, batch_size=batch_size)
     solver_config = {
-        "update_rule": update_rule, "optim_config": {"learning_rate": lr}, "lr_decay": lr_decay,
-        "batch_size": batch_size, "num_epochs": epochs, "num_train_samples": 1000,
+        "update_rule": update_rule, "optim_config": {"learning_rate": training["lr"]},
+        "lr_decay": lr_decay, "batch_size": training["batch_size"], "num_epochs": epochs,
+        "num_train_samples": 1000,
     }  # fmt: skip
     resolved = {**config, **solver_config}
     resolved.pop("optim_config")
+    resolved["lr"] = training["lr"]
     with tracking.parent_run("convnet", "convnet_training", call, resolved) as run_id:
         path = fetch_dataset(dataset) if dataset in DATASETS else None  # digits ship with sklearn
         data = load_images(dataset, num_train, run_id, path)

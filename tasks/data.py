@@ -62,15 +62,26 @@ def load_split(
 
 
 @task
-def standardize(split: dict, run_id: str | None = None) -> tuple[dict, Standardizer]:
+def standardize(
+    split: dict, run_id: str | None = None, enabled: bool = True
+) -> tuple[dict, Standardizer]:
     """Fit a Standardizer on X_train only and apply it to every split; log the course's
-    table of feature means/variances before and after to ``run_id``."""
-    scaler = Standardizer().fit(split["X_train"])
+    table of feature means/variances before and after to ``run_id``.
+
+    With ``enabled=False`` the features stay as downloaded: the returned scaler is the
+    identity (mean 0, scale 1, so a model that applies it sees exactly the raw values) and the
+    table's ``standardized`` column says ``False`` (its ``_std`` columns then equal ``_raw``)."""
+    if enabled:
+        scaler = Standardizer().fit(split["X_train"])
+    else:
+        n = split["X_train"].shape[1]
+        scaler = Standardizer.from_stats(np.zeros(n), np.ones(n))
     out = dict(split)
     for name in SPLITS:
-        out[f"X_{name}"] = scaler.transform(split[f"X_{name}"])
+        out[f"X_{name}"] = scaler.transform(split[f"X_{name}"]) if enabled else split[f"X_{name}"]
     if run_id:
         table = pd.DataFrame(feature_stats(split, out, SPLITS))
+        table["standardized"] = enabled
         tracking.log_dataframe(run_id, table, "feature_stats.csv")
     return out, scaler
 

@@ -68,6 +68,40 @@ def test_run_housing_then_compare_runs(prefect_harness, data_env, mlflow_store):
     )
 
 
+def test_no_standardize_reproduces_the_course_printout(prefect_harness, data_env, mlflow_store):
+    """The course notebook prints the errors of ridge (alpha 1e-4, bias penalised) and OLS
+    fitted on housing_scale as downloaded; --no-standardize reproduces them to 1e-9."""
+    import mlflow
+    import pandas as pd
+
+    args = ["run", "housing", "--alphas", "1e-4", "--sgd-lr", "0.01", "--sgd-epochs", "5",
+            "--no-standardize"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run_id = re.search(r"MLflow run id: (\w{32})", result.output).group(1)
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.data.params["standardize"] == "False"
+    children = {
+        c.data.params["model"]: c.data.metrics
+        for c in client.search_runs(
+            [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'"
+        )
+    }
+    course = {"ridge": (3.215534366263786, 3.0851716338615383),
+              "ols": (3.2155356251530534, 3.0851717377669567)}  # fmt: skip
+    for model, (train_mae, test_mae) in course.items():
+        assert children[model]["train_mae"] == pytest.approx(train_mae, rel=1e-9)
+        assert children[model]["test_mae"] == pytest.approx(test_mae, rel=1e-9)
+    stats = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="feature_stats.csv")
+    )
+    assert not stats["standardized"].any()
+    pd.testing.assert_series_equal(
+        stats["train_mean_std"], stats["train_mean_raw"], check_names=False
+    )
+
+
 def test_mlcore_ui_serves_the_store_on_loopback(mlflow_store, tmp_path):
     import os
     import signal

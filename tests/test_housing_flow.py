@@ -97,6 +97,17 @@ def test_metrics_match_mlcore_and_the_model_loads_back(flow_result, housing):
     )
 
 
+def test_default_fit_is_on_standardized_features(flow_result):
+    """mlcore's own numbers for the course's ridge (alpha 1e-4): fitted on the standardized
+    features, as the notebook's text says (the printout differs in the 7th digit: see
+    test_cli.test_no_standardize_reproduces_the_course_printout)."""
+    result, _ = flow_result
+    row = next(r for r in result["results"] if r["model"] == "ridge" and r["alpha"] == 1e-4)
+    assert row["train_mae"] == pytest.approx(3.2155340240851835, rel=1e-9)
+    assert row["test_mae"] == pytest.approx(3.0851705065718296, rel=1e-9)
+    assert abs(row["train_mae"] - 3.215534366263786) > 1e-7  # not the unstandardized fit
+
+
 def test_best_is_lowest_validation_mae(flow_result):
     result, _ = flow_result
     assert result["best"]["val_mae"] == min(r["val_mae"] for r in result["results"])

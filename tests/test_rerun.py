@@ -104,6 +104,7 @@ def test_parse_overrides_uses_the_flow_signature():
         "val_split": 0.25,
     }
     assert parse_overrides(housing_regression, ["sgd_epochs=[5, 10]"]) == {"sgd_epochs": [5, 10]}
+    assert parse_overrides(housing_regression, ["standardize=false"]) == {"standardize": False}
     assert parse_overrides(convnet_training, ["hidden_dim=none", "num_train=400"]) == {
         "hidden_dim": None,
         "num_train": 400,
