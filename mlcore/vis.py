@@ -3,6 +3,7 @@ so nothing is shown or saved here and no display is needed; the caller decides."
 
 from __future__ import annotations
 
+import textwrap
 from math import ceil, sqrt
 
 import numpy as np
@@ -65,6 +66,24 @@ def plot_filter_grid(W1, title="First-layer filters"):
     return fig
 
 
+def _single_axes(figsize, title):
+    """A figure with one axes, fixed margins and ``title`` wrapped to the figure's width: a
+    constrained layout measures every tick label to place the axes, which costs more than
+    drawing these small plots (the housing flow draws about twenty of them)."""
+    width, height = figsize
+    lines = textwrap.wrap(title, int(width * 9)) or [""]
+    fig = Figure(figsize=figsize)
+    fig.subplots_adjust(
+        left=0.75 / width,
+        right=1 - 0.2 / width,
+        bottom=0.55 / height,
+        top=1 - (0.2 + 0.2 * len(lines)) / height,
+    )
+    ax = fig.subplots()
+    ax.set_title("\n".join(lines))
+    return fig, ax
+
+
 def _two_vectors(fn, y_true, y_pred):
     y_true, y_pred = np.ravel(y_true), np.ravel(y_pred)
     if y_true.shape != y_pred.shape:
@@ -77,13 +96,12 @@ def _two_vectors(fn, y_true, y_pred):
 def plot_predicted_vs_true(y_true, y_pred, title="Predicted vs true"):
     """Scatter of predictions against targets with the y = x line."""
     y_true, y_pred = _two_vectors("plot_predicted_vs_true", y_true, y_pred)
-    fig = Figure(figsize=(5, 5), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _single_axes((5, 5), title)
     ax.scatter(y_true, y_pred, s=10, alpha=0.7)
     both = np.concatenate([y_true, y_pred])
     lo, hi = (both.min(), both.max()) if both.size else (0.0, 1.0)
     ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="y = x")
-    ax.set(title=title, xlabel="True", ylabel="Predicted")
+    ax.set(xlabel="True", ylabel="Predicted")
     ax.legend(loc="upper left")
     return fig
 
@@ -91,21 +109,19 @@ def plot_predicted_vs_true(y_true, y_pred, title="Predicted vs true"):
 def plot_residuals(y_true, y_pred, title="Residuals"):
     """Residuals (true - predicted) against the predictions, with the zero line."""
     y_true, y_pred = _two_vectors("plot_residuals", y_true, y_pred)
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _single_axes((6, 4), title)
     ax.scatter(y_pred, y_true - y_pred, s=10, alpha=0.7)
     ax.axhline(0.0, color="k", linestyle="--", linewidth=1)
-    ax.set(title=title, xlabel="Predicted", ylabel="Residual (true - predicted)")
+    ax.set(xlabel="Predicted", ylabel="Residual (true - predicted)")
     return fig
 
 
 def plot_loss_curve(loss_history, val_loss_history=None, title="Loss"):
     """Training loss per step, optionally with a validation loss on the same axes."""
-    fig = Figure(figsize=(6, 4), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _single_axes((6, 4), title)
     ax.plot(np.asarray(loss_history), label="train")
     if val_loss_history is not None:
         ax.plot(np.asarray(val_loss_history), label="val")
-    ax.set(title=title, xlabel="Step", ylabel="Loss")
+    ax.set(xlabel="Step", ylabel="Loss")
     ax.legend(loc="upper right")
     return fig

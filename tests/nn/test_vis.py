@@ -79,3 +79,30 @@ def test_plot_loss_curve():
     assert isinstance(fig, Figure) and len(fig.axes) == 1 and len(fig.axes[0].lines) == 1
     fig = plot_loss_curve([3, 2, 1], val_loss_history=[3.5, 2.5, 2], title="loss")
     assert len(fig.axes[0].lines) == 2
+
+
+@pytest.mark.parametrize("plot", [plot_predicted_vs_true, plot_residuals])
+def test_long_titles_wrap_and_everything_stays_on_the_figure(plot):
+    """Fixed margins (no constrained layout): a model label as long as the housing flow's
+    SGD runs is wrapped, and the title, tick labels and axis labels all lie inside the PNG."""
+    title = "sgd(lr=0.01, epochs=200, batch_size=32, random_state=1234): test residuals"
+    fig = plot(np.linspace(-5, 50, 30), np.linspace(-3, 48, 30), title=title)
+    ax = fig.axes[0]
+    assert ax.get_title().replace("\n", " ") == title and "\n" in ax.get_title()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    figure_box = fig.bbox
+    ticks = [
+        tick.label1
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim()))
+        for tick in axis.get_major_ticks()
+        if lo <= tick.get_loc() <= hi  # ticks outside the view limits are not drawn
+    ]
+    for artist in [ax.title, ax.xaxis.label, ax.yaxis.label, *ticks]:
+        if not artist.get_text():
+            continue
+        box = artist.get_window_extent(renderer)
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1, artist.get_text()
+        assert figure_box.y0 <= box.y0 and box.y1 <= figure_box.y1, artist.get_text()
