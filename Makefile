@@ -1,27 +1,54 @@
-# Two commands for a new machine: `make run` and `make test`. Both create .venv if missing.
+# Two commands for a new machine: `make run` and `make test`. Both create .venv from uv.lock if
+# missing; all they need is python3 (uv comes from PATH, or is bootstrapped into .tools/uv).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-SOURCES := pyproject.toml setup.py mlcore/nn/_fast.pyx
+SOURCES := pyproject.toml uv.lock setup.py mlcore/nn/_fast.pyx
+
+# uv: the one on PATH if it is at least UV_VERSION, else UV_VERSION installed with python3's pip
+# into .tools/uv (not system-wide). `make UV=/path/to/uv` picks another.
+UV_VERSION := 0.13.9
+UV_BOOT := .tools/uv
+ifeq ($(origin UV),undefined)
+UV := $(shell v=$$(uv --version 2>/dev/null | cut -d' ' -f2); \
+	if [ -n "$$v" ] && printf '%s\n' $(UV_VERSION) "$$v" | sort -V -C; then command -v uv; \
+	else echo $(UV_BOOT)/bin/uv; fi)
+endif
+# uv never downloads a Python build: the venv is made with $(PYTHON). The lock pins every
+# package's file by URL and sha256 on PyPI (uv's default index), so pip's local extra indexes
+# and find-links (pip config list) are not needed for it; torch, the one package that lives only
+# on local disk, stays outside the lock (see bench).
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint lock lock-check bench install clean
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+$(UV_BOOT)/bin/uv:
+	rm -rf $(UV_BOOT)
+	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install --quiet --target $(UV_BOOT) \
+		uv==$(UV_VERSION)
+	$@ --version
 
-# pip install -e . also compiles the Cython fast layers (build requirements in pyproject.toml)
-$(STAMP): $(BIN)/python $(SOURCES)
-	$(BIN)/python -m pip install --quiet -e .
+# uv sync builds the project editable, which compiles the Cython fast layers into mlcore/nn
+# (build requirements in pyproject.toml; tool.uv.cache-keys rebuilds them when _fast.pyx
+# changes). uv may reuse its cached editable build, which does not hold the compiled module:
+# if it is missing (make clean), the project is rebuilt. The sync is exact: .venv holds the
+# lock's packages and nothing else, plus the test extras once `make test` has installed them.
+SYNC = $(UV) sync --frozen $(if $(wildcard $(TEST_STAMP)),--extra test)
+$(STAMP): $(SOURCES) | $(UV)
+	$(SYNC)
+	$(BIN)/python -c 'import mlcore.nn._fast' 2>/dev/null || $(SYNC) --reinstall-package mlcore
+	$(BIN)/python -c 'import mlcore.nn._fast'
 	touch $@
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(UV) sync --frozen --extra test
 	touch $@
 
 install: $(STAMP)
@@ -30,21 +57,37 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/mlcore run pipeline
 
-## make test: lint, format check, then the test suite
-test: $(TEST_STAMP) lint
+## make test: the lock matches pyproject.toml, lint, format check, then the test suite
+test: lock-check lint
 	$(BIN)/python -m pytest
+
+## make lock: re-resolve uv.lock after editing pyproject.toml's dependencies (keeps the other
+## pins; make lock LOCK_ARGS=--upgrade moves everything to the newest allowed versions)
+LOCK_ARGS ?=
+lock: | $(UV)
+	$(UV) lock $(LOCK_ARGS)
+
+# fails when pyproject.toml and uv.lock disagree (no network needed)
+lock-check: | $(UV)
+	$(UV) lock --check --offline
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## make bench: the fast-layer benchmark against PyTorch CPU (installs the [bench] extra).
+## make bench: the fast-layer benchmark against PyTorch CPU. The [bench] extra's torch==2.13.0
+## is a CPU wheel on local disk, outside uv.lock: python3's pip (with its configuration: find-links,
+## constraints) installs it into .venv on top of the lock; the next exact sync removes it again.
 ## Writes bench/results/layers.{json,md}. Extra flags through BENCH_ARGS, e.g.
 ## make bench BENCH_ARGS=--quick (smoke test), BENCH_ARGS=--memory (an epoch's peak memory),
 ## BENCH_ARGS="--threads 4 --rounds 25".
 BENCH_ARGS ?=
+# as in pyproject.toml's [bench] extra (tests/test_environment.py checks they agree)
+BENCH_TORCH := torch==2.13.0
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(UV) sync --frozen --inexact --extra bench $(if $(wildcard $(TEST_STAMP)),--extra test)
+	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip --python $(BIN)/python install --quiet \
+		'$(BENCH_TORCH)'
 	$(BIN)/python bench/layers.py $(BENCH_ARGS)
 
 clean:
