@@ -76,8 +76,9 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff format --check .
 
 ## make bench: the fast-layer benchmark against PyTorch CPU. The [bench] extra's torch==2.13.0
-## is a CPU wheel on local disk, outside uv.lock: python3's pip (with its configuration: find-links,
-## constraints) installs it into .venv on top of the lock; the next exact sync removes it again.
+## is a CPU wheel on local disk, outside uv.lock: .venv's pip (locked in the dev group; it reads
+## pip's configuration: find-links, constraints) installs it on top of the lock; the next exact
+## sync removes it again.
 ## Writes bench/results/layers.{json,md}. Extra flags through BENCH_ARGS, e.g.
 ## make bench BENCH_ARGS=--quick (smoke test), BENCH_ARGS=--memory (an epoch's peak memory),
 ## BENCH_ARGS="--threads 4 --rounds 25".
@@ -86,8 +87,7 @@ BENCH_ARGS ?=
 BENCH_TORCH := torch==2.13.0
 bench: $(STAMP)
 	$(UV) sync --frozen --inexact --extra bench $(if $(wildcard $(TEST_STAMP)),--extra test)
-	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip --python $(BIN)/python install --quiet \
-		'$(BENCH_TORCH)'
+	$(BIN)/python -m pip install --quiet '$(BENCH_TORCH)'
 	$(BIN)/python bench/layers.py $(BENCH_ARGS)
 
 clean:

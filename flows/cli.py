@@ -333,10 +333,29 @@ def rerun(
             for k, (a, b) in out["metrics_differ"].items()
         ]
         print_table("metrics that differ", rows, ["metric", "original", "rerun"])
+    _print_environment(out["environment"])
     if out["reproduced"]:
-        console.print("reproduced exactly: same parameters, data, code and every metric")
+        console.print(
+            "reproduced exactly: same parameters, data, code, environment and every metric"
+        )
     elif not out["metrics_differ"]:
         console.print("every metric is the same")
+
+
+def _print_environment(env: dict) -> None:
+    if env["python"]:
+        console.print(f"python differs: {env['python'][0]} -> {env['python'][1]}")
+    if not env["recorded"]:
+        console.print("environment: the original run has no record of it (pip freeze)")
+    elif env["same"]:
+        console.print(f"same environment (python and {env['count']} package versions)")
+    elif env["packages"]:
+        rows = [
+            {"package": name, "original": a or "(absent)", "rerun": b or "(absent)"}
+            for name, (a, b) in env["packages"].items()
+        ]
+        console.print(f"environment differs: {len(rows)} packages")
+        print_table("packages that differ", rows, ["package", "original", "rerun"])
 
 
 def _exact(value: float | None) -> str:

@@ -11,7 +11,7 @@ import prefect
 from mlflow.exceptions import MlflowException
 
 from flows.params import parse_overrides
-from tasks import tracking
+from tasks import environment, tracking
 
 RERUN_TAG = "mlcore.rerun_of"
 
@@ -51,7 +51,8 @@ def rerun(run_id: str, sets: list[str] | None = None) -> dict[str, Any]:
     run ``mlcore.rerun_of``, and compare. Returns ``{flow, original, new, changed,
     metrics_differ, data, code, reproduced}``: ``changed`` is ``{param: (old, new)}``,
     ``metrics_differ`` ``{metric: (old, new)}`` (a missing value is None), ``data`` and
-    ``code`` ``(old, new)`` or None when equal."""
+    ``code`` ``(old, new)`` or None when equal; ``environment`` as :func:`compare_environments`
+    returns it."""
     run, name, params = original_call(run_id)
     flow = flows()[name]
     overrides = parse_overrides(flow, sets or [])
@@ -69,6 +70,7 @@ def rerun(run_id: str, sets: list[str] | None = None) -> dict[str, Any]:
     }
     data = _differs(run, new, "data.sha256")
     code = _differs(run, new, "git_commit")
+    env = compare_environments(run, new)
     return {
         "flow": name,
         "original": run_id,
@@ -77,7 +79,8 @@ def rerun(run_id: str, sets: list[str] | None = None) -> dict[str, Any]:
         "metrics_differ": differ,
         "data": data,
         "code": code,
-        "reproduced": not (changed or differ or data or code),
+        "environment": env,
+        "reproduced": not (changed or differ or data or code or not env["same"]),
         "result": result,
     }
 
@@ -85,3 +88,32 @@ def rerun(run_id: str, sets: list[str] | None = None) -> dict[str, Any]:
 def _differs(old, new, tag: str) -> tuple[str | None, str | None] | None:
     a, b = old.data.tags.get(tag), new.data.tags.get(tag)
     return None if a == b else (a, b)
+
+
+def compare_environments(old, new) -> dict[str, Any]:
+    """The environments two flow runs recorded (tag ``env.python``, artifact
+    ``environment/pip-freeze.txt``): ``{recorded, same, python, packages, count}``. ``recorded``
+    is False when the original run has no freeze (made before runs recorded it); ``python`` is
+    ``(old, new)`` or None when equal; ``packages`` ``{name: (old, new)}`` of the versions that
+    differ (None: not installed); ``count`` the packages of the new run."""
+    before, after = _recorded_freeze(old), _recorded_freeze(new)
+    python = _differs(old, new, "env.python")
+    if before is None or after is None:
+        return {"recorded": False, "same": False, "python": python, "packages": {}, "count": 0}
+    packages = environment.differences(before, after)
+    return {
+        "recorded": True,
+        "same": not (python or packages),
+        "python": python,
+        "packages": packages,
+        "count": len(after),
+    }
+
+
+def _recorded_freeze(run) -> dict[str, str] | None:
+    folder, name = environment.FREEZE_ARTIFACT.rsplit("/", 1)
+    listed = tracking.client().list_artifacts(run.info.run_id, folder)
+    if not any(f.path == environment.FREEZE_ARTIFACT for f in listed):
+        return None
+    uri = f"{run.info.artifact_uri}/{environment.FREEZE_ARTIFACT}"
+    return environment.parse_freeze(mlflow.artifacts.load_text(uri))

@@ -27,6 +27,8 @@ import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import DatasetInput, InputTag, Metric, RunStatus  # noqa: E402
 
+from tasks import environment  # noqa: E402
+
 PYFUNC_DIR = Path(__file__).parent / "pyfunc"
 # Loading a models-from-code model swaps a mock into sys.modules["dbutils"] and restores the
 # previous entry afterwards (mlflow.models.utils._mock_dbutils): two threads doing it at once
@@ -122,6 +124,7 @@ def parent_run(
         "mlcore.flow": flow,
         "mlcore.flow_params": json.dumps(dict(flow_params)),
         "git_commit": git_commit(),
+        **environment.environment_tags(),
         **_prefect_run_tags(),
         **(tags or {}),
     }
@@ -129,6 +132,7 @@ def parent_run(
     run_id = run.info.run_id
     try:
         log_params(run_id, {**flow_params, **(resolved or {})})
+        log_text(run_id, environment.freeze_text(), environment.FREEZE_ARTIFACT)
         yield run_id
     except BaseException:
         client().set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))

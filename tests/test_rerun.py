@@ -2,6 +2,7 @@
 ``--set`` parsing; one-line errors."""
 
 import json
+import platform
 import re
 
 import pytest
@@ -12,7 +13,7 @@ from flows.cli import app
 from flows.compare import metric_columns, plot_metric, run_table
 from flows.housing import housing_regression
 from flows.params import coerce, parse_overrides
-from tasks import tracking
+from tasks import environment, tracking
 from tests.conftest import one_line_error
 
 runner = CliRunner()
@@ -31,7 +32,11 @@ def test_rerun_reproduces_exactly_then_reports_a_changed_parameter(
     assert same.exit_code == 0, same.output
     new_id = re.search(r"rerun of \w{32} is MLflow run (\w{32})", same.output).group(1)
     assert "reproduced exactly" in same.output and "differ" not in same.output
+    count = len(environment.packages())
+    assert f"same environment (python and {count} package versions)" in same.output
     again = client.get_run(new_id)
+    for tag in ("env.python", "env.lock_sha256", "env.lock_source"):
+        assert again.data.tags[tag] == before.data.tags[tag]
     assert again.data.tags["mlcore.rerun_of"] == original["run_id"]
     assert again.data.tags["mlcore.flow_params"] == before.data.tags["mlcore.flow_params"]
     assert again.data.tags["data.sha256"] == before.data.tags["data.sha256"]
@@ -76,13 +81,25 @@ def test_rerun_reproduces_exactly_then_reports_a_changed_parameter(
         r"error: --metric: no run has metric 'nope' \(metrics: best_test_mae, ",
     )
 
-    # the original claims other data and other code: the rerun says both differ
+    # the original claims other data, other code and another environment (an older numpy,
+    # no scipy, a torch, another Python): the rerun says what differs
     client.set_tag(original["run_id"], "data.sha256", "0" * 64)
     client.set_tag(original["run_id"], "git_commit", "1" * 40)
+    client.set_tag(original["run_id"], "env.python", "3.10.4")
+    pkgs = dict(environment.packages())
+    numpy_now, scipy_now = pkgs["numpy"], pkgs.pop("scipy")
+    pkgs.update(numpy="1.26.4", torch="2.13.0+cpu")
+    client.log_text(original["run_id"], environment.freeze_text(pkgs), environment.FREEZE_ARTIFACT)
     other = runner.invoke(app, ["rerun", original["run_id"]], env=ENV)
     assert other.exit_code == 0, other.output
     assert f"data differs: {'0' * 64} -> {before.data.tags['data.sha256']}" in other.output
     assert f"code differs: {'1' * 40} -> " in other.output
+    assert f"python differs: 3.10.4 -> {platform.python_version()}" in other.output
+    assert "environment differs: 3 packages" in other.output
+    assert "same environment" not in other.output
+    assert re.search(rf"numpy\s.*1\.26\.4\s.*{re.escape(numpy_now)}", other.output)
+    assert re.search(rf"scipy\s.*\(absent\)\s.*{re.escape(scipy_now)}", other.output)
+    assert re.search(r"torch\s.*2\.13\.0\+cpu\s.*\(absent\)", other.output)
     assert "reproduced exactly" not in other.output and "every metric is the same" in other.output
 
     # a rerun whose flow fails: its run is FAILED and still says what it reran
