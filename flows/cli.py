@@ -56,11 +56,11 @@ class UsageError(ValueError):
 
 
 def friendly_errors(fn):
-    """Turn the errors a user can cause into one line on stderr and exit code 1; a SIGTERM or
-    Ctrl-C (SIGINT) into one line and exit code 128 + the signal's number, after the run was
-    ended KILLED. The processes the command started stop as the interpreter exits (the
-    temporary Prefect server's ``atexit`` hook, after Prefect has sent its last logs), and
-    with it in any case (``flows.stack.tie``)."""
+    """Turn the errors a user can cause into one line on stderr and exit code 1; a SIGTERM,
+    Ctrl-C (SIGINT) or SIGHUP into one line and exit code 128 + the signal's number, after
+    the run was ended KILLED. The processes the command started stop as the interpreter exits
+    (the temporary Prefect server's ``atexit`` hook, after Prefect has sent its last logs),
+    and with it in any case (``flows.stack.tie``)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -98,10 +98,10 @@ def friendly_errors(fn):
 
 
 def _catch_signals():
-    """SIGTERM and SIGINT raise ``tasks.tracking.RunKilled`` in the main thread: the flow's
-    run ends KILLED (``tracking.end_run``) and the command stops what it started. A second
-    signal while that happens exits at once (the started servers' watchdogs stop them).
-    Returns a function restoring the previous handlers."""
+    """SIGTERM, SIGINT and SIGHUP (a closed terminal) raise ``tasks.tracking.RunKilled`` in
+    the main thread: the flow's run ends KILLED (``tracking.end_run``) and the command exits.
+    A second signal while that happens exits at once (the started servers' watchdogs stop
+    them). Returns a function restoring the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     from tasks.tracking import RunKilled
@@ -114,7 +114,12 @@ def _catch_signals():
         received.append(signum)
         raise RunKilled(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # a signal the command was started to ignore (nohup, a shell's background job) stays so
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
 
     def restore():
         for sig, old in previous.items():

@@ -95,10 +95,12 @@ def stop_group(process: subprocess.Popen, timeout: float = 20.0) -> None:
 # A watchdog per tied process group: it blocks reading a pipe whose only writer is the parent;
 # the read returns (end of file) when the parent exits, however it exits (SIGKILL included),
 # and the watchdog then stops the group: SIGTERM, and SIGKILL after a grace period. It ignores
-# SIGINT, which a terminal's Ctrl-C sends to the parent's whole process group.
+# the signals a terminal or a service manager sends to the parent's whole process group (Ctrl-C,
+# a closed terminal, a group-wide SIGTERM): it lives as long as its parent, not less.
 _WATCHDOG = """\
 import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
+for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+    signal.signal(s, signal.SIG_IGN)
 pgid = int(sys.argv[1])
 sys.stdin.buffer.read()
 for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
