@@ -9,8 +9,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from typing import Annotated, Any
 
 # Before Prefect is imported: no telemetry, and time for the ephemeral API server to start on
@@ -21,6 +23,12 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # log lines (a failed task's traceback among them) are off unless asked for, e.g.
 # PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=INFO. Every log still reaches the Prefect API and UI.
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+# MLflow retries an unanswered HTTP request 7 times with back-off by default (minutes before a
+# dead tracking server is reported); the CLI checks the store before any work and tolerates
+# a short outage itself (tasks.tracking.MetricBuffer), so its requests retry briefly.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -48,13 +56,20 @@ class UsageError(ValueError):
 
 
 def friendly_errors(fn):
-    """Turn the errors a user can cause into one line on stderr and exit code 1."""
+    """Turn the errors a user can cause into one line on stderr and exit code 1; a SIGTERM,
+    Ctrl-C (SIGINT) or SIGHUP into one line and exit code 128 + the signal's number, after
+    the run was ended KILLED. The processes the command started stop as the interpreter exits
+    (the temporary Prefect server's ``atexit`` hook, after Prefect has sent its last logs),
+    and with it in any case (``flows.stack.tie``)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         import httpx
         from mlflow.exceptions import MlflowException
 
+        from tasks.tracking import kill_reason
+
+        restore = _catch_signals()
         try:
             return fn(*args, **kwargs)
         except (
@@ -69,8 +84,79 @@ def friendly_errors(fn):
             line = msg.splitlines()[0] if msg else type(exc).__name__
             err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
             raise typer.Exit(1) from None
+        except BaseException as exc:
+            reason = kill_reason(exc)
+            if reason is None:
+                raise
+            signum = getattr(exc, "signum", None) or getattr(exc, "signal", signal.SIGINT)
+            err_console.print(f"[bold red]error:[/] {reason}", soft_wrap=True)
+            raise typer.Exit(128 + int(signum)) from None
+        finally:
+            restore()
 
     return wrapper
+
+
+def _catch_signals():
+    """SIGTERM, SIGINT and SIGHUP (a closed terminal) raise ``tasks.tracking.RunKilled`` in
+    the main thread: the flow's run ends KILLED (``tracking.end_run``) and the command exits.
+    A second signal while that happens exits at once (the started servers' watchdogs stop
+    them). Returns a function restoring the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    from tasks.tracking import RunKilled
+
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+        raise RunKilled(signum)
+
+    # a signal the command was started to ignore (nohup, a shell's background job) stays so
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
+
+    def restore():
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def preflight(flows: bool = False):
+    """Before a command's work: one short check of the MLflow tracking store (a few seconds,
+    not MLflow's minutes of retries); with ``flows``, the temporary Prefect server the
+    command may start is made to die with it (``flows.stack.own_prefect_server``)."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            check_tracking_store()
+            if flows:
+                from flows.stack import own_prefect_server
+
+                own_prefect_server()
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def check_tracking_store() -> None:
+    import mlflow
+
+    from tasks.tracking import tracking_store_error
+
+    uri = mlflow.get_tracking_uri()
+    problem = tracking_store_error(uri)
+    if problem is not None:
+        raise ConnectionError(f"cannot reach the MLflow tracking store {uri}: {problem}")
 
 
 def parse_list(text: str | None, kind: type, option: str) -> list | None:
@@ -116,6 +202,7 @@ def print_table(
 
 @run_app.command("housing")
 @friendly_errors
+@preflight(flows=True)
 def run_housing(
     alphas: Annotated[str | None, typer.Option(help="Ridge alphas, comma-separated.")] = None,
     sgd_lr: Annotated[str | None, typer.Option(help="SGD learning rates to tune over.")] = None,
@@ -170,6 +257,7 @@ def show_housing_result(result: dict) -> None:
 
 @run_app.command("gradcheck")
 @friendly_errors
+@preflight(flows=True)
 def run_gradcheck(
     layers: Annotated[
         str | None, typer.Option(help="Checks to run, comma-separated (default: all).")
@@ -201,6 +289,7 @@ def show_gradcheck_result(result: dict) -> None:
 
 @run_app.command("convnet")
 @friendly_errors
+@preflight(flows=True)
 def run_convnet(
     dataset: Annotated[str, typer.Option(help="digits (offline) or cifar10.")] = "digits",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
@@ -247,6 +336,7 @@ def show_convnet_result(result: dict) -> None:
 
 @run_app.command("pipeline")
 @friendly_errors
+@preflight(flows=True)
 def run_pipeline(
     convnet_epochs: Annotated[int, typer.Option(min=1)] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the ConvNet training.")] = 0,
@@ -262,6 +352,7 @@ def run_pipeline(
 
 @app.command("runs")
 @friendly_errors
+@preflight()
 def runs(
     experiment: Annotated[str, typer.Argument(help="MLflow experiment, e.g. housing.")],
     sort: Annotated[str | None, typer.Option(help="Metric to sort by (ascending).")] = None,
@@ -308,6 +399,7 @@ def runs(
 
 @app.command("rerun")
 @friendly_errors
+@preflight(flows=True)
 def rerun(
     run_id: Annotated[str, typer.Argument(help="The MLflow run id of a past flow run.")],
     set_: Annotated[
@@ -381,6 +473,9 @@ def predict(
 
     from tasks.registry import predict_file
 
+    if model_uri.startswith(("runs:/", "models:/")):
+        check_tracking_store()
+
     pred = np.asarray(predict_file(model_uri, input_file))
     flat = pred.reshape(len(pred), -1)
     if output is not None:
@@ -424,7 +519,7 @@ def _register_operations() -> None:
     """serve, server and trigger live in flows.ops_cli (they operate deployments)."""
     from flows import ops_cli
 
-    app.command("serve")(friendly_errors(ops_cli.serve))
+    app.command("serve")(friendly_errors(preflight(flows=True)(ops_cli.serve)))
     app.command("server")(friendly_errors(ops_cli.server))
     app.command("trigger")(friendly_errors(ops_cli.trigger))
 

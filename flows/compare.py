@@ -6,6 +6,8 @@ from typing import Any
 
 from mlflow import MlflowClient
 
+from tasks import tracking
+
 
 def run_table(
     experiment: str,
@@ -21,6 +23,7 @@ def run_table(
     if exp is None:
         names = ", ".join(e.name for e in client.search_experiments()) or "none yet"
         raise ValueError(f"no MLflow experiment {experiment!r} (experiments: {names})")
+    tracking.reap_dead_runs([experiment])  # a run whose process is gone is not RUNNING
     flt = "" if children else "tags.mlflow.parentRunId IS NULL"
     runs = client.search_runs(
         [exp.experiment_id],

@@ -35,6 +35,8 @@ def original_call(run_id: str) -> tuple[Any, str, dict[str, Any]]:
         run = tracking.client().get_run(run_id)
     except MlflowException:
         raise ValueError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+    if tracking.reap_if_dead(run_id):  # its process is gone: KILLED, not RUNNING
+        run = tracking.client().get_run(run_id)
     tags = run.data.tags
     if "mlflow.parentRunId" in tags:
         raise ValueError(

@@ -3,16 +3,24 @@
 Both bind to 127.0.0.1 unless told otherwise, run in their own process group (so stopping
 them stops every child they spawned) and are waited for until their health endpoint answers.
 The back ends are SQLite by default; a PostgreSQL URI works the same way.
+
+Every process started here is *tied* to the process that started it: it dies with it, even
+when that process is killed with SIGKILL (see ``tie``). ``own_prefect_server`` does the same
+for the temporary Prefect API server that Prefect itself would otherwise start as an
+ordinary child, one that outlives a killed parent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,6 +45,7 @@ class Server:
     process: subprocess.Popen
     log: Path
     env: dict = field(default_factory=dict)
+    tie: int | None = None
 
     def wait_healthy(self, timeout: float = 180.0) -> None:
         """Poll the health endpoint; fail with the server's last log lines if it dies or
@@ -64,16 +73,98 @@ class Server:
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the whole process group, then SIGKILL what is left."""
-        if self.process.poll() is not None:
+        stop_group(self.process, timeout)
+        untie(self.tie)
+        self.tie = None
+
+
+def stop_group(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGTERM the process group led by ``process``, then SIGKILL what is left."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(wait)
             return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# A watchdog per tied process group: it blocks reading a pipe whose only writer is the parent;
+# the read returns (end of file) when the parent exits, however it exits (SIGKILL included),
+# and the watchdog then stops the group: SIGTERM, and SIGKILL after a grace period. It ignores
+# the signals a terminal or a service manager sends to the parent's whole process group (Ctrl-C,
+# a closed terminal, a group-wide SIGTERM): it lives as long as its parent, not less.
+_WATCHDOG = """\
+import os, signal, sys, time
+for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+    signal.signal(s, signal.SIG_IGN)
+pgid = int(sys.argv[1])
+sys.stdin.buffer.read()
+for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        sys.exit(0)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            sys.exit(0)
+"""
+_TIES: dict[int, subprocess.Popen] = {}  # write end of a watchdog's pipe -> the watchdog
+
+
+def tie(process: subprocess.Popen) -> int:
+    """Start a watchdog that stops ``process``'s process group (it must lead one:
+    ``start_new_session=True``) when this process exits. Returns the pipe's write end: keep
+    it open while the group should live; ``untie`` it once the group is stopped."""
+    read, write = os.pipe()  # not inherited by other children (PEP 446)
+    try:
+        watchdog = subprocess.Popen(
+            [sys.executable, "-S", "-c", _WATCHDOG, str(process.pid)],
+            stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        os.close(read)
+    _TIES[write] = watchdog
+    return write
+
+
+def untie(write: int | None) -> None:
+    """Let a watchdog go: it stops what is left of its group and exits."""
+    if write is None:
+        return
+    with contextlib.suppress(OSError):
+        os.close(write)
+    watchdog = _TIES.pop(write, None)
+    if watchdog is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            watchdog.wait(15)
+
+
+def die_with_parent():
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when this thread exits
+    (``prctl(PR_SET_PDEATHSIG)``): it also covers the case where a parent and its watchdogs
+    are killed together. None elsewhere, or off the main thread (the signal follows the
+    thread that forked, not the process)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the prctl took effect
+            os._exit(1)
+
+    return hook
 
 
 def _spawn(
@@ -83,7 +174,7 @@ def _spawn(
     with open(log, "ab") as out:
         return subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=cwd,
+            start_new_session=True, cwd=cwd, preexec_fn=die_with_parent(),
         )  # fmt: skip
 
 
@@ -106,7 +197,7 @@ def start_prefect_server(
     cmd = [str(BIN / "prefect"), "server", "start", "--host", host, "--port", str(port)]
     url = f"http://{host}:{port}/api"
     proc = _spawn("prefect", cmd, env, log)
-    return Server("Prefect server", url, f"{url}/health", proc, log, env)
+    return Server("Prefect server", url, f"{url}/health", proc, log, env, tie(proc))
 
 
 def start_mlflow_server(
@@ -126,7 +217,7 @@ def start_mlflow_server(
     ]  # fmt: skip
     proc = _spawn("mlflow", cmd, env, log)
     url = f"http://{host}:{port}"
-    return Server("MLflow server", url, f"{url}/health", proc, log, env)
+    return Server("MLflow server", url, f"{url}/health", proc, log, env, tie(proc))
 
 
 @contextlib.contextmanager
@@ -165,3 +256,76 @@ def local_stack(
     finally:
         for server in reversed(servers):
             server.stop()
+
+
+def own_prefect_server() -> None:
+    """Make the temporary Prefect API server of this process one that dies with it.
+
+    Without ``PREFECT_API_URL``, Prefect 3 starts a temporary server the first time a flow
+    needs the API: ``python -m uvicorn prefect.server.api.server:create_app`` as an ordinary
+    child (``prefect.server.api.server.SubprocessASGIServer``), stopped only by an ``atexit``
+    hook, so it outlives a parent killed with SIGKILL (or SIGTERM, which skips ``atexit``).
+    This puts in its place, as the instance Prefect looks up, a server started the same way
+    (still only when first needed) but in its own process group on a free loopback port,
+    tied to this process (``tie``, ``die_with_parent``). Nothing changes when
+    ``PREFECT_API_URL`` is set, or a server is already running."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    current = SubprocessASGIServer._instances.get(None)
+    if current is not None:
+        if isinstance(current, _owned_server_class()) or current.running:
+            return
+        del SubprocessASGIServer._instances[None]
+    _owned_server_class()()
+
+
+@functools.cache
+def _owned_server_class():
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class OwnedPrefectServer(SubprocessASGIServer):
+        def find_available_port(self) -> int:
+            return free_port()
+
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            from prefect.settings import get_current_settings
+
+            untie(getattr(self, "_tie", None))  # a retry on another port
+            env = {
+                **os.environ,
+                "PREFECT_UI_ENABLED": "0",
+                "PREFECT__SERVER_EPHEMERAL": "1",
+                "PREFECT__SERVER_FINAL": "1",
+                **get_current_settings().to_environment_variables(exclude_unset=True),
+            }
+            env.pop("PREFECT_API_URL", None)
+            cmd = [
+                sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect_path()).parent),
+                "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
+            ]  # fmt: skip
+            proc = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=die_with_parent(),
+            )  # fmt: skip
+            self._tie = tie(proc)
+            return proc
+
+        def stop(self) -> None:
+            process = self.server_process
+            super().stop()
+            if process is not None:
+                stop_group(process, 5.0)
+            untie(getattr(self, "_tie", None))
+            self._tie = None
+
+    return OwnedPrefectServer
+
+
+def prefect_path() -> str:
+    import prefect
+
+    return str(prefect.__module_path__)

@@ -10,10 +10,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -131,38 +139,76 @@ def parent_run(
     run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=f"{flow}")
     run_id = run.info.run_id
     try:
+        mark_process(run_id)
         log_params(run_id, {**flow_params, **(resolved or {})})
         log_text(run_id, environment.freeze_text(), environment.FREEZE_ARTIFACT)
         yield run_id
-    except BaseException:
-        client().set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    except BaseException as exc:
+        end_run(run_id, exc)
         raise
-    client().set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    end_run(run_id)
 
 
 @contextlib.contextmanager
 def child_run(parent_run_id: str, run_name: str, params: Mapping) -> Iterator[str]:
     """Start a child run in the calling thread (so pyfunc.log_model can use it) under
     an explicit parent; ended FAILED if the body raises."""
-    parent = client().get_run(parent_run_id)
-    with mlflow.start_run(
-        experiment_id=parent.info.experiment_id,
-        parent_run_id=parent_run_id,
-        run_name=run_name,
-        tags={"mlcore.flow": parent.data.tags.get("mlcore.flow", ""), "git_commit": git_commit()},
-    ) as run:
-        mlflow.log_params(_stringify(params))
-        yield run.info.run_id
+    root = _ROOT.get(parent_run_id, parent_run_id)
+
+    def start():
+        parent = client().get_run(parent_run_id)
+        tags = {"mlcore.flow": parent.data.tags.get("mlcore.flow", ""), "git_commit": git_commit()}
+        return mlflow.start_run(
+            experiment_id=parent.info.experiment_id, parent_run_id=parent_run_id,
+            run_name=run_name, tags={**tags, **process_tags()},
+        ).info.run_id  # fmt: skip
+
+    run_id = _send(parent_run_id, start, lambda folder: None)
+    if run_id is None:  # the store is gone: a local child, kept under its parent's folder
+        run_id = f"unsent-{uuid.uuid4().hex[:12]}"
+        _ROOT[run_id] = root
+        _keep_json(_spool_dir(run_id), "run.json", {"run_name": run_name, "parent": root})
+        log_params(run_id, params)
+        yield run_id
+        return
+    _ROOT[run_id] = root
+    try:
+        log_params(run_id, params)
+        yield run_id
+    except BaseException as exc:
+        _end_child(run_id, RunStatus.KILLED if kill_reason(exc) else RunStatus.FAILED)
+        raise
+    _end_child(run_id, RunStatus.FINISHED)
+
+
+def _end_child(run_id: str, status: int) -> None:
+    """End the calling thread's active (child) run; a store that is gone cannot be told, and
+    must not hide the error that ends the flow."""
+    try:
+        mlflow.end_run(RunStatus.to_string(status))
+    except Exception:  # noqa: BLE001
+        if tracking_store_error() is None:
+            raise
 
 
 def log_params(run_id: str, params: Mapping) -> None:
-    for key, value in _stringify(params).items():
-        client().log_param(run_id, key, value)
+    values = _stringify(params)
+
+    def send():
+        for key, value in values.items():
+            client().log_param(run_id, key, value)
+
+    _send(run_id, send, lambda folder: _keep_json(folder, "params.json", values))
 
 
 def set_tags(run_id: str, tags: Mapping) -> None:
-    for key, value in tags.items():
-        client().set_tag(run_id, key, str(value))
+    values = {k: str(v) for k, v in tags.items()}
+
+    def send():
+        for key, value in values.items():
+            client().set_tag(run_id, key, value)
+
+    _send(run_id, send, lambda folder: _keep_json(folder, "tags.json", values))
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
@@ -177,41 +223,110 @@ def log_metric_history(
     for name, values in history.items():
         for i, value in enumerate(values):
             buffer.add(name, value, first_step + i)
-    buffer.flush()
+    buffer.flush(final=True)
 
 
 class MetricBuffer:
     """Collect metric points and send them in batches of MLflow's maximum size (a request
-    per point is slow)."""
+    per point is slow).
+
+    A tracking store that has gone away does not stop training: ``flush`` keeps the points
+    and tries again at a later flush, waiting longer after each failure (4x ``RETRY_DELAYS``
+    seconds), and at the latest when the flow's run ends. ``flush(final=True)`` retries with
+    ``RETRY_DELAYS`` back-offs and then, the store still gone, writes the points to
+    ``./mlcore-unsent/<run id>/metrics.csv``; the flow then ends with ``TrackingUnavailable``
+    naming that folder."""
+
+    RETRY_DELAYS = (1.0, 2.0, 4.0)
 
     def __init__(self, run_id: str):
         self.run_id = run_id
         self._points: list[Metric] = []
+        self._failures = 0
+        self._next_try = 0.0
 
     def add(self, name: str, value: float, step: int) -> None:
         self._points.append(Metric(name, float(value), int(time.time() * 1000), int(step)))
 
-    def flush(self) -> None:
-        points, self._points = self._points, []
-        for start in range(0, len(points), 1000):
-            client().log_batch(self.run_id, metrics=points[start : start + 1000])
+    def flush(self, final: bool = False, retry: bool = True) -> None:
+        if not self._points:
+            return
+        if _ROOT.get(self.run_id, self.run_id) in _SPOOLED:  # the flow already works offline
+            self._keep()
+            return
+        if not final and time.monotonic() < self._next_try:
+            return  # backing off: the points stay buffered
+        delays = self.RETRY_DELAYS if final and retry else ()
+        for attempt in range(len(delays) + 1):
+            try:
+                self._send()
+                self._failures = 0
+                return
+            except Exception as exc:  # noqa: BLE001
+                if tracking_store_error() is None:
+                    raise  # the store answers: a real error, not an outage
+                error = exc
+            if attempt < len(delays):
+                time.sleep(delays[attempt])
+        self._failures += 1
+        if not final:
+            delay = self.RETRY_DELAYS[min(self._failures, len(self.RETRY_DELAYS)) - 1]
+            self._next_try = time.monotonic() + 4 * delay
+            with _SPOOL_LOCK:  # the flow's end tries once more (``end_run``)
+                pending = _PENDING.setdefault(_ROOT.get(self.run_id, self.run_id), [])
+                if self not in pending:
+                    pending.append(self)
+            return
+        _mark_unsent(self.run_id, error)
+        self._keep()
+
+    def _send(self) -> None:
+        while self._points:  # a batch sent is a batch dropped from the buffer
+            client().log_batch(self.run_id, metrics=self._points[:1000])
+            del self._points[:1000]
+
+    def _keep(self) -> None:
+        folder = _spool_dir(self.run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a") as out:
+            if new:
+                out.write("key,value,step,timestamp\n")
+            for m in self._points:
+                out.write(f"{m.key},{m.value!r},{m.step},{m.timestamp}\n")
+        self._points = []
 
 
 def log_figure(run_id: str, figure, artifact_file: str) -> None:
-    client().log_figure(run_id, figure, artifact_file)
+    _send(
+        run_id,
+        lambda: client().log_figure(run_id, figure, artifact_file),
+        lambda folder: figure.savefig(_artifact_path(folder, artifact_file)),
+    )
 
 
 def log_dataframe(run_id: str, df: pd.DataFrame, artifact_file: str) -> None:
     """Log a table as CSV (readable in the MLflow UI's artifact view and by pandas)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_file).name
-        df.to_csv(path, index=False)
-        parent = str(Path(artifact_file).parent)
-        client().log_artifact(run_id, str(path), None if parent == "." else parent)
+
+    def send():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            df.to_csv(path, index=False)
+            parent = str(Path(artifact_file).parent)
+            client().log_artifact(run_id, str(path), None if parent == "." else parent)
+
+    _send(
+        run_id, send, lambda folder: df.to_csv(_artifact_path(folder, artifact_file), index=False)
+    )
 
 
 def log_text(run_id: str, text: str, artifact_file: str) -> None:
-    client().log_text(run_id, text, artifact_file)
+    _send(
+        run_id,
+        lambda: client().log_text(run_id, text, artifact_file),
+        lambda folder: _artifact_path(folder, artifact_file).write_text(text),
+    )
 
 
 def log_dataset(
@@ -226,7 +341,14 @@ def log_dataset(
     """``log_input`` of a dataset, by explicit run id."""
     ds = mlflow.data.from_numpy(X, targets=y, source=source, name=name, digest=digest[:36])
     tags = [InputTag(key="mlflow.data.context", value=context)]
-    client().log_inputs(run_id, [DatasetInput(dataset=ds._to_mlflow_entity(), tags=tags)])
+    info = {"name": name, "source": source, "digest": digest, "context": context}
+    _send(
+        run_id,
+        lambda: client().log_inputs(
+            run_id, [DatasetInput(dataset=ds._to_mlflow_entity(), tags=tags)]
+        ),
+        lambda folder: _keep_json(folder, "datasets.json", {name: info}),
+    )
 
 
 def log_pyfunc_model(
@@ -241,6 +363,9 @@ def log_pyfunc_model(
 
     The parameters go in an ``.npz`` of plain arrays (read back with ``allow_pickle=False``);
     the model's code is a file, not a pickled object. Returns the model URI.
+
+    With the tracking store gone, the model is kept on local disk instead (the ``.npz`` and
+    its code file in ``./mlcore-unsent/<run id>/<name>/``) and that folder is returned.
     """
     from mlflow.models import Model, infer_signature
 
@@ -248,20 +373,28 @@ def log_pyfunc_model(
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights.npz"
         np.savez(weights, **arrays)
-        with _MODEL_LOG_LOCK:
-            prediction = _load_code_model(code, weights).predict(None, input_example)
-            info = Model.log(
-                artifact_path=None,
-                name=name,
-                flavor=mlflow.pyfunc,
-                run_id=run_id,
-                python_model=str(code),
-                artifacts={"weights": str(weights)},
-                signature=infer_signature(input_example, prediction),
-                input_example=input_example,
-                pip_requirements=[f"numpy>={np.__version__.split('.')[0]}", "mlflow", *extra_pip],
-            )
-    return info.model_uri
+
+        def send():
+            with _MODEL_LOG_LOCK:
+                prediction = _load_code_model(code, weights).predict(None, input_example)
+                return Model.log(
+                    artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                    python_model=str(code), artifacts={"weights": str(weights)},
+                    signature=infer_signature(input_example, prediction),
+                    input_example=input_example,
+                    pip_requirements=[
+                        f"numpy>={np.__version__.split('.')[0]}", "mlflow", *extra_pip
+                    ],
+                ).model_uri  # fmt: skip
+
+        def keep(folder: Path) -> str:
+            target = folder / name
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(weights, target / "weights.npz")
+            shutil.copy(code, target / code.name)
+            return str(target)
+
+        return _send(run_id, send, keep)
 
 
 def _load_code_model(code: Path, weights: Path):
@@ -276,3 +409,239 @@ def _load_code_model(code: Path, weights: Path):
         mlflow.pyfunc.PythonModelContext(artifacts={"weights": str(weights)}, model_config={})
     )
     return model
+
+
+# --- the end of a run: FINISHED, FAILED or KILLED, and the process that owns it -------------
+
+HOST_TAG, PID_TAG, ERROR_TAG = "mlcore.host", "mlcore.pid", "mlcore.error"
+UNSENT_DIR = "mlcore-unsent"
+
+
+class RunKilled(BaseException):
+    """Raised in the main thread by the CLI's SIGTERM/SIGINT handler: the run ends KILLED.
+    A BaseException, so no ``except Exception`` (nor a Prefect retry) swallows it."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"killed by {signal.Signals(signum).name}")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store went away during a flow; what it could not take is on local disk."""
+
+
+def process_tags() -> dict[str, str]:
+    """``mlcore.host`` and ``mlcore.pid`` of this process: who owns a RUNNING run."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def mark_process(run_id: str) -> None:
+    """Tag ``run_id`` with the host and pid of this process (see ``reap_if_dead``)."""
+    set_tags(run_id, process_tags())
+
+
+def kill_reason(exc: BaseException | None) -> str | None:
+    """``"killed by SIGTERM"`` when ``exc`` is a signal that stopped the process (ours, or the
+    ``TerminationSignal`` Prefect raises for SIGTERM inside a flow), else None."""
+    if isinstance(exc, RunKilled):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "killed by SIGINT"
+    try:
+        from prefect.exceptions import TerminationSignal
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        return None
+    if isinstance(exc, TerminationSignal):
+        return f"killed by {signal.Signals(exc.signal).name}"
+    return None
+
+
+def end_run(run_id: str, exc: BaseException | None = None) -> None:
+    """End a flow's run: FINISHED, KILLED (a signal, with its reason in ``mlcore.error``) or
+    FAILED. If the tracking store went away during the flow, raise ``TrackingUnavailable``
+    naming the folder that holds what it could not take (unless the process was killed);
+    a store that cannot be told the status never hides the error that ended the flow."""
+    reason = kill_reason(exc)
+    status = RunStatus.KILLED if reason else RunStatus.FAILED if exc else RunStatus.FINISHED
+    for buffer in _PENDING.pop(run_id, []):  # metrics still waiting for the store
+        with contextlib.suppress(Exception):
+            buffer.flush(final=True, retry=reason is None)
+    unsent = _unsent_error(run_id)
+    if unsent is not None and reason is None:
+        status = RunStatus.FAILED
+    tags = {ERROR_TAG: reason} if reason else {ERROR_TAG: str(unsent)} if unsent else {}
+    if run_id not in _SPOOLED:
+        try:
+            set_tags(run_id, tags)
+            client().set_terminated(run_id, RunStatus.to_string(status))
+        except Exception as err:  # noqa: BLE001
+            if exc is None and unsent is None:
+                if tracking_store_error() is None:
+                    raise
+                raise TrackingUnavailable(
+                    f"the MLflow tracking store {mlflow.get_tracking_uri()} went away: run "
+                    f"{run_id} could not be ended FINISHED ({_first_line(err)})"
+                ) from err
+    if unsent is not None and reason is None:
+        if exc is None:
+            raise unsent
+        raise unsent from exc
+
+
+def reap_if_dead(run_id: str) -> bool:
+    """If ``run_id`` is RUNNING but the process that owned it is gone (same host, and its pid
+    no longer alive or now a process started after the run), end it KILLED with the reason in
+    ``mlcore.error``. Runs of another host, or without the tags, are left alone. Returns
+    whether the run was reaped."""
+    return _reap(client().get_run(run_id))
+
+
+def reap_dead_runs(experiment_names) -> list[str]:
+    """``reap_if_dead`` for every RUNNING run (children too) of these experiments; returns
+    the ids of the runs it ended."""
+    ids = [e.experiment_id for n in experiment_names if (e := client().get_experiment_by_name(n))]
+    if not ids:
+        return []
+    running = client().search_runs(
+        ids, filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    return [r.info.run_id for r in running if _reap(r)]
+
+
+def _reap(run) -> bool:
+    if run.info.status != "RUNNING":
+        return False
+    tags = run.data.tags
+    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG)
+    if host != socket.gethostname() or not (pid or "").isdigit():
+        return False  # another machine's process, or no owner recorded: cannot tell
+    started = _process_start(int(pid))
+    # a pid taken over by a process started after the run is not the run's process; the
+    # second of slack covers the whole-second boot time the start time is computed from
+    if started is not None and started <= run.info.start_time / 1000 + 1.0:
+        return False
+    gone = "no longer running" if started is None else "now belongs to another process"
+    reason = f"process {pid} on {host} is gone ({gone}); found by mlcore at {time.ctime()}"
+    client().set_tag(run.info.run_id, ERROR_TAG, reason)
+    client().set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    return True
+
+
+def _process_start(pid: int) -> float | None:
+    """The start time (epoch seconds) of process ``pid``, None if there is none (a zombie
+    counts as gone)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+# --- is the tracking store there? ---------------------------------------------------------
+
+
+def tracking_store_error(uri: str | None = None, timeout: float = 3.0) -> str | None:
+    """One short check of the tracking store (``uri`` or MLflow's current one): None if it
+    is usable, else why not. http(s): a GET of the server's ``/health`` with a ``timeout``;
+    sqlite and file stores: the folder exists and is writable; other databases: the TCP port
+    accepts a connection."""
+    uri = uri or mlflow.get_tracking_uri()
+    parsed = urllib.parse.urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+                return None if r.status == 200 else f"/health answered HTTP {r.status}"
+        except urllib.error.HTTPError as exc:
+            return f"/health answered HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            return str(getattr(exc, "reason", exc))
+    if scheme in ("sqlite", "file", ""):
+        if scheme == "sqlite":
+            path = uri.split(":///", 1)[1] if ":///" in uri else ""
+            if path in ("", ":memory:"):
+                return None
+        else:
+            path = parsed.path if scheme == "file" else uri
+        target = Path(path)
+        folder = target if scheme != "sqlite" and target.is_dir() else target.parent
+        if not folder.is_dir():
+            return f"folder {folder} does not exist"
+        if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.R_OK)):
+            return f"{target if target.exists() else folder} is not writable"
+        return None
+    if parsed.hostname and parsed.port:  # postgresql://, mysql://, ...
+        try:
+            socket.create_connection((parsed.hostname, parsed.port), timeout=timeout).close()
+        except OSError as exc:
+            return str(exc)
+    return None
+
+
+# --- what a store that went away could not take: ./mlcore-unsent/<flow run id>/ ------------
+
+_ROOT: dict[str, str] = {}  # a child run's id -> its flow's run id
+_SPOOLED: set[str] = set()  # flow run ids with something kept locally
+_SPOOL_ERRORS: dict[str, str] = {}
+_SPOOL_LOCK = threading.Lock()
+_PENDING: dict[str, list] = {}  # flow run id -> MetricBuffers holding points the store refused
+
+
+def _spool_dir(run_id: str) -> Path:
+    root = _ROOT.get(run_id, run_id)
+    base = Path.cwd() / UNSENT_DIR / root
+    return base if root == run_id else base / run_id
+
+
+def _mark_unsent(run_id: str, exc: BaseException) -> None:
+    root = _ROOT.get(run_id, run_id)
+    with _SPOOL_LOCK:
+        _SPOOLED.add(root)
+        _SPOOL_ERRORS.setdefault(root, _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _unsent_error(run_id: str) -> TrackingUnavailable | None:
+    if run_id not in _SPOOLED:
+        return None
+    uri = mlflow.get_tracking_uri()
+    return TrackingUnavailable(
+        f"the MLflow tracking store {uri} went away during run {run_id}: what it could not "
+        f"take (the trained model, metrics, plots) is kept in {_spool_dir(run_id)}"
+    )
+
+
+def _send(run_id: str, send, keep):
+    """``send()`` to the tracking store; if the store is gone (or already was for this flow),
+    ``keep(folder)`` on local disk instead and remember that the flow could not send it."""
+    if _ROOT.get(run_id, run_id) not in _SPOOLED:
+        try:
+            return send()
+        except Exception as exc:  # noqa: BLE001
+            if tracking_store_error() is None:
+                raise  # the store answers: a real error, not an outage
+            _mark_unsent(run_id, exc)
+    folder = _spool_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    return keep(folder)
+
+
+def _keep_json(folder: Path, name: str, values: Mapping) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    with _SPOOL_LOCK:
+        old = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**old, **values}, indent=1, default=str))
+
+
+def _artifact_path(folder: Path, artifact_file: str) -> Path:
+    path = folder / "artifacts" / artifact_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
