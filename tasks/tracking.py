@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import subprocess
 import tempfile
@@ -130,7 +131,8 @@ def parent_run(
     try:
         log_params(run_id, {**flow_params, **(resolved or {})})
         yield run_id
-    except BaseException:
+    except BaseException as exc:
+        tag_error(run_id, exc)
         client().set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     client().set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
@@ -272,3 +274,129 @@ def _load_code_model(code: Path, weights: Path):
         mlflow.pyfunc.PythonModelContext(artifacts={"weights": str(weights)}, model_config={})
     )
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# failures, resuming a run, and its checkpoints
+
+ERROR_TAG = "mlcore.error"
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none)."""
+    msg = getattr(exc, "message", None)  # MlflowException's message (no error-code prefix)
+    msg = msg if isinstance(msg, str) and msg else str(exc)
+    return msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
+
+
+def tag_error(run_id: str, exc: BaseException) -> None:
+    """Tag a failing run ``mlcore.error`` = the one-line reason. Never raises: the tracking
+    server may be what failed, and the original error is the one to report."""
+    with contextlib.suppress(Exception):
+        client().set_tag(run_id, ERROR_TAG, error_line(exc)[:1000])
+
+
+CHECKPOINT_TAG = "mlcore.checkpoints"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def resumable_params(run_id: str, flow: str) -> dict:
+    """The recorded arguments (tag ``mlcore.flow_params``) of ``run_id``, a run of ``flow``
+    that may be resumed: it is not FINISHED nor still RUNNING, and was made by this code.
+    Anything else is a ValueError naming the reason."""
+    try:
+        run = client().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+    tags = run.data.tags
+    if tags.get("mlcore.flow") != flow or "mlcore.flow_params" not in tags:
+        made_by = tags.get("mlcore.flow") or "no mlcore flow"
+        raise ValueError(f"cannot resume run {run_id}: it was made by {made_by}, not {flow}")
+    status = run.info.status
+    # hook: reap_if_dead (the run-liveness work) marks a RUNNING run whose process is gone KILLED
+    reap = globals().get("reap_if_dead")
+    if status == "RUNNING" and reap is not None:
+        reap(run_id)
+        status = client().get_run(run_id).info.status
+    if status == "FINISHED":
+        raise ValueError(f"cannot resume run {run_id}: it FINISHED; nothing to resume")
+    if status == "RUNNING":
+        raise ValueError(f"cannot resume run {run_id}: run is still RUNNING")
+    if tags.get("git_commit") != git_commit():
+        raise ValueError(
+            f"cannot resume run {run_id}: it was made by other code (git_commit "
+            f"{tags.get('git_commit')}, this is {git_commit()})"
+        )
+    return json.loads(tags["mlcore.flow_params"])
+
+
+@contextlib.contextmanager
+def reopened_run(run_id: str) -> Iterator[str]:
+    """Set an ended run back to RUNNING (its old ``mlcore.error`` removed) and yield its id;
+    end it FINISHED, or FAILED with ``mlcore.error`` if the body raises (as parent_run)."""
+    client().update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    if ERROR_TAG in client().get_run(run_id).data.tags:
+        client().delete_tag(run_id, ERROR_TAG)
+    try:
+        yield run_id
+    except BaseException as exc:
+        tag_error(run_id, exc)
+        client().set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client().set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def last_metric_steps(run_id: str, names: list[str]) -> dict[str, int]:
+    """The highest step logged so far of each metric in ``names`` that has one."""
+    out = {}
+    for name in names:
+        steps = [m.step for m in client().get_metric_history(run_id, name)]
+        if steps:
+            out[name] = max(steps)
+    return out
+
+
+def logged_checkpoints(run_id: str) -> list[dict]:
+    """The checkpoints logged to ``run_id`` by log_checkpoint, oldest first: dicts of
+    ``epoch``, ``artifact`` (path in the run's artifacts) and ``sha256``."""
+    return json.loads(client().get_run(run_id).data.tags.get(CHECKPOINT_TAG, "[]"))
+
+
+def log_checkpoint(run_id: str, path: str | Path, epoch: int, keep: int = 2) -> None:
+    """Log the checkpoint file at ``path`` as ``checkpoints/<file name>``; then record it (with
+    its sha256) in the tag ``mlcore.checkpoints``, which lists the last ``keep`` ones, and
+    delete the older checkpoint artifacts. The tag is written only once the upload is complete,
+    so it never names a half-written artifact."""
+    path = Path(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    client().log_artifact(run_id, str(path), CHECKPOINT_DIR)
+    entry = {"epoch": int(epoch), "artifact": f"{CHECKPOINT_DIR}/{path.name}", "sha256": digest}
+    kept = [c for c in logged_checkpoints(run_id) if c["artifact"] != entry["artifact"]]
+    kept = [*kept, entry][-keep:]
+    client().set_tag(run_id, CHECKPOINT_TAG, json.dumps(kept))
+    names = {c["artifact"] for c in kept}
+    stale = [
+        a.path
+        for a in client().list_artifacts(run_id, CHECKPOINT_DIR)
+        if not a.is_dir and a.path not in names
+    ]
+    if stale:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(
+            client().get_run(run_id).info.artifact_uri, mlflow.get_tracking_uri()
+        )
+        for artifact in stale:
+            repo.delete_artifacts(artifact)
+
+
+def download_checkpoint(run_id: str, entry: Mapping, directory: str | Path) -> Path:
+    """Download a checkpoint listed by logged_checkpoints into ``directory`` and check its
+    sha256 (a mismatch is a ValueError and leaves no file)."""
+    local = Path(client().download_artifacts(run_id, entry["artifact"], str(directory)))
+    if hashlib.sha256(local.read_bytes()).hexdigest() != entry["sha256"]:
+        local.unlink()
+        raise ValueError(
+            f"checkpoint {entry['artifact']} of run {run_id} does not match its sha256"
+        )
+    return local
