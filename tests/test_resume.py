@@ -302,3 +302,33 @@ def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(
     for name, w in weights_b.items():
         assert weights_a[name].dtype == w.dtype
         np.testing.assert_array_equal(weights_a[name], w)
+
+
+def test_old_checkpoints_are_deleted_from_a_tracking_servers_artifact_store(tmp_path, monkeypatch):
+    """``mlflow server`` serving artifacts (as ``mlcore server`` runs it) deletes them too."""
+    from flows.stack import free_port, start_mlflow_server
+
+    store = tmp_path / "artifacts"
+    server = start_mlflow_server(
+        port=free_port(), backend_uri=f"sqlite:///{tmp_path / 'server.db'}", artifacts=store,
+        log=tmp_path / "mlflow-server.log",
+    )  # fmt: skip
+    try:
+        server.wait_healthy()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        mlflow.set_tracking_uri(server.url)
+        with tracking.parent_run("convnet", "test", {}) as run_id:
+            for epoch in (1, 2, 3):
+                path = tmp_path / f"convnet_epoch_{epoch}.npz"
+                np.savez(path, epoch=np.array(epoch))
+                tracking.log_checkpoint(run_id, path, epoch)
+            listed = {a.path for a in MlflowClient().list_artifacts(run_id, "checkpoints")}
+            on_disk = {p.name for p in store.rglob("convnet_epoch_*.npz")}
+            entry = tracking.logged_checkpoints(run_id)[-1]
+            local = tracking.download_checkpoint(run_id, entry, tmp_path / "back")
+    finally:
+        mlflow.set_tracking_uri(None)
+        server.stop()
+    assert listed == {"checkpoints/convnet_epoch_2.npz", "checkpoints/convnet_epoch_3.npz"}
+    assert on_disk == {"convnet_epoch_2.npz", "convnet_epoch_3.npz"}
+    assert int(np.load(local)["epoch"]) == 3
