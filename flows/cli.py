@@ -291,6 +291,7 @@ def show_gradcheck_result(result: dict) -> None:
 @friendly_errors
 @preflight(flows=True)
 def run_convnet(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Option(help="digits (offline) or cifar10.")] = "digits",
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     batch_size: Annotated[
@@ -312,10 +313,34 @@ def run_convnet(
         int | None, typer.Option(min=1, help="Use the first N training rows.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and minibatches.")] = 0,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            metavar="RUN_ID",
+            help="Continue this unfinished (FAILED or KILLED) MLflow run from its last "
+            "checkpoint, with its own parameters.",
+        ),
+    ] = None,
 ) -> None:
     """Train the course's ThreeLayerConvNet with Solver (gated by a gradient check)."""
     from flows.convnet import convnet_training
 
+    if resume is not None:
+        from tasks import tracking
+
+        # by name: typer's Context may come from its own copy of click
+        given = [
+            name for name in ctx.params
+            if name != "resume" and ctx.get_parameter_source(name).name != "DEFAULT"
+        ]  # fmt: skip
+        if given:
+            raise UsageError(
+                f"--resume continues the run with its own parameters: drop "
+                f"--{given[0].replace('_', '-')}"
+            )
+        params = tracking.resumable_params(resume, "convnet_training")
+        show_convnet_result(convnet_training(**params, resume=resume))
+        return
     if update_rule not in ("sgd", "sgd_momentum", "rmsprop", "adam"):
         raise UsageError(
             f"--update-rule: {update_rule!r} is not one of sgd, sgd_momentum, rmsprop, adam"

@@ -14,6 +14,7 @@ from tasks.convnet import (
     model_config,
     train_convnet,
     training_config,
+    training_started,
 )
 from tasks.data import fetch_dataset
 from tasks.registry import convnet_data_key, register_model
@@ -34,11 +35,24 @@ def convnet_training(
     weight_scale: float | None = None,
     num_train: int | None = None,
     seed: int = 0,
+    resume: str | None = None,
 ) -> dict:
     """load -> gradient gate on a tiny batch -> train with Solver -> evaluate on test -> log.
     Architecture and optimiser parameters left as None take the dataset's defaults
-    (tasks.convnet.MODEL_DEFAULTS and TRAINING_DEFAULTS)."""
+    (tasks.convnet.MODEL_DEFAULTS and TRAINING_DEFAULTS).
+
+    ``resume``: the MLflow run id of an unfinished run of this flow, to continue from its last
+    checkpoint, in that same run; the other arguments must be the ones it was started with."""
     call = dict(locals())
+    call.pop("resume")
+    if resume is not None:
+        recorded = tracking.resumable_params(resume, "convnet_training")
+        changed = sorted(k for k in {*call, *recorded} if call.get(k) != recorded.get(k))
+        if changed:
+            raise ValueError(
+                f"cannot resume run {resume} with other parameters: {changed[0]} was "
+                f"{recorded.get(changed[0])!r}, now {call.get(changed[0])!r}"
+            )
     config = model_config(
         dataset, hidden_dim=hidden_dim, num_filters=num_filters, filter_size=filter_size,
         weight_scale=weight_scale, reg=reg,
@@ -52,11 +66,19 @@ def convnet_training(
     resolved = {**config, **solver_config}
     resolved.pop("optim_config")
     resolved["lr"] = training["lr"]
-    with tracking.parent_run("convnet", "convnet_training", call, resolved) as run_id:
+    run = (
+        tracking.parent_run("convnet", "convnet_training", call, resolved)
+        if resume is None
+        else tracking.reopened_run(resume)
+    )
+    with run as run_id:
         path = fetch_dataset(dataset) if dataset in DATASETS else None  # digits ship with sklearn
         data = load_images(dataset, num_train, run_id, path)
         num_classes = len(class_names(dataset))
-        gradient_gate(data["X_train"].shape[1:], config["filter_size"], num_classes, seed, run_id)
+        if not training_started(run_id):  # a checkpoint means the gate passed before
+            gradient_gate(
+                data["X_train"].shape[1:], config["filter_size"], num_classes, seed, run_id
+            )
         trained = train_convnet(data, num_classes, config, solver_config, seed, run_id)
         result = evaluate_convnet(trained, data, run_id)
         result["registered"] = register_model(

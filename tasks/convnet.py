@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import re
+import shutil
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mlcore import metrics
 from mlcore.data.images import load_image_dataset
-from mlcore.nn import Solver, ThreeLayerConvNet
+from mlcore.nn import Solver, ThreeLayerConvNet, TrainingDiverged
 from mlcore.nn.checks import GradientCheckError, check_model
 from mlcore.vis import plot_filter_grid, plot_training_curves
 from tasks import tracking
@@ -63,9 +70,31 @@ def load_images(
         if not 1 <= num_train <= len(data["X_train"]):
             raise ValueError(f"num_train must be in [1, {len(data['X_train'])}], got {num_train}")
         data["X_train"], data["y_train"] = data["X_train"][:num_train], data["y_train"][:num_train]
+    digest = data_sha256(data)
+    recorded = tracking.client().get_run(run_id).data.tags.get(DATA_TAG)
+    if recorded is not None and recorded != digest:  # a resumed run must see its own data
+        raise ValueError(
+            f"run {run_id} was trained on other data (sha256 {recorded[:12]}..., now "
+            f"{digest[:12]}...); it cannot be resumed"
+        )
     sizes = {f"n_{s}": len(data[f"X_{s}"]) for s in ("train", "val", "test")}
     tracking.log_params(run_id, {**sizes, "input_dim": data["X_train"].shape[1:]})
+    tracking.set_tags(run_id, {DATA_TAG: digest})
     return data
+
+
+DATA_TAG = "data.sha256"
+
+
+def data_sha256(data: dict[str, np.ndarray]) -> str:
+    """sha256 of the arrays a ConvNet learns and is selected on (train and val, with their
+    dtypes and shapes): what "the same data" means for resuming a run."""
+    h = hashlib.sha256()
+    for key in ("X_train", "y_train", "X_val", "y_val"):
+        a = np.ascontiguousarray(data[key])
+        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 @task
@@ -96,32 +125,114 @@ def gradient_gate(input_dim: tuple, filter_size: int, num_classes: int, seed: in
 
 
 class _TrainingDisplay:
-    """Solver callback: metrics to MLflow (flushed each epoch) and a progress bar on a terminal."""
+    """Solver callback: metrics to MLflow (flushed each epoch), each checkpoint to MLflow, and
+    a progress bar on a terminal.
 
-    def __init__(self, run_id: str, total_iterations: int):
+    A resumed run (or a retried task) goes again through steps it may have logged before it
+    stopped (metrics are flushed at an epoch's end, before its checkpoint is written). Those
+    points are the same bits again, so the ones MLflow already has are skipped: each metric's
+    history reads as one uninterrupted run's."""
+
+    def __init__(self, run_id: str, total_iterations: int, done: int = 0, extra=None):
+        self.run_id = run_id
+        self.extra = extra
         self.metrics = tracking.MetricBuffer(run_id)
+        self.logged = tracking.last_metric_steps(run_id, ["loss", "train_acc", "val_acc", "lr"])
+        self.all_checkpoints_logged = True
         console = Console(file=sys.stderr)
         self.progress = Progress(
             TextColumn("training"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
             console=console, disable=not console.is_terminal,
         )  # fmt: skip
-        self.task = self.progress.add_task("train", total=total_iterations, status="")
+        self.task = self.progress.add_task(
+            "train", total=total_iterations, completed=done, status=""
+        )
+
+    def _add(self, name: str, value: float, step: int) -> None:
+        if step > self.logged.get(name, -1):
+            self.metrics.add(name, value, step)
 
     def __call__(self, kind: str, info: dict) -> None:
         if kind == "iteration":
-            self.metrics.add("loss", info["loss"], info["iteration"])
+            self._add("loss", info["loss"], info["iteration"])
             self.progress.update(self.task, advance=1, status=f"loss {info['loss']:.3f}")
-            return
-        for name in ("train_acc", "val_acc", "lr"):
-            self.metrics.add(name, info[name], info["epoch"])
-        self.metrics.flush()
-        self.progress.update(
-            self.task, status=f"epoch {info['epoch']} val_acc {info['val_acc']:.3f}"
-        )
+        elif kind == "epoch":
+            for name in ("train_acc", "val_acc", "lr"):
+                self._add(name, info[name], info["epoch"])
+            self.metrics.flush()
+            self.progress.update(
+                self.task, status=f"epoch {info['epoch']} val_acc {info['val_acc']:.3f}"
+            )
+        elif kind == "checkpoint":
+            self._checkpoint(Path(info["path"]), info["epoch"])
+        if self.extra is not None:
+            self.extra(kind, info)
+
+    def _checkpoint(self, path: Path, epoch: int) -> None:
+        """Log the new checkpoint; keep it and the one before on local disk too."""
+        try:
+            tracking.log_checkpoint(self.run_id, path, epoch)
+        except Exception as exc:  # noqa: BLE001 - the local file is the copy that matters now
+            self.all_checkpoints_logged = False
+            self.progress.console.print(
+                f"checkpoint of epoch {epoch} kept at {path} (not logged to MLflow: "
+                f"{tracking.error_line(exc)})"
+            )
+        for old, _ in local_checkpoints(path.parent)[:-2]:
+            old.unlink(missing_ok=True)
 
 
-@task
+CHECKPOINT_PREFIX = "convnet"
+_CHECKPOINT_FILE = re.compile(rf"^{CHECKPOINT_PREFIX}_epoch_(\d+)\.npz$")
+
+
+def checkpoint_dir(run_id: str) -> Path:
+    """Where a run's checkpoints are written: ``$MLCORE_CHECKPOINT_DIR/<run_id>``, by default
+    ``./checkpoints/<run_id>``."""
+    return Path(os.environ.get("MLCORE_CHECKPOINT_DIR") or "checkpoints") / run_id
+
+
+def local_checkpoints(directory: Path) -> list[tuple[Path, int]]:
+    """The checkpoint files in ``directory`` with their epochs, oldest first."""
+    found = []
+    if directory.is_dir():
+        for f in directory.iterdir():
+            m = _CHECKPOINT_FILE.match(f.name)
+            if m:
+                found.append((f, int(m.group(1))))
+    return sorted(found, key=lambda item: item[1])
+
+
+def latest_checkpoint(run_id: str) -> tuple[Path, int] | None:
+    """The run's newest checkpoint as a local file and its epoch, or None if it has none.
+
+    The newest one MLflow lists is used from the local directory when the file there is
+    identical (same sha256), else downloaded (and checked); a local checkpoint newer than any
+    in MLflow (its upload failed) is used as it is: the Solver writes it atomically."""
+    directory = checkpoint_dir(run_id)
+    local = local_checkpoints(directory)
+    logged = tracking.logged_checkpoints(run_id)
+    if local and (not logged or local[-1][1] > logged[-1]["epoch"]):
+        return local[-1]
+    for entry in reversed(logged):
+        name = directory / Path(entry["artifact"]).name
+        if name.is_file() and hashlib.sha256(name.read_bytes()).hexdigest() == entry["sha256"]:
+            return name, entry["epoch"]
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            return tracking.download_checkpoint(run_id, entry, directory), entry["epoch"]
+        except ValueError as exc:  # a damaged copy: the one before it is kept for this
+            print(f"{exc}; trying the checkpoint before it")
+    return None
+
+
+def _retry_unless_diverged(task, task_run, state) -> bool:
+    """A diverging loss diverges again from the same checkpoint: retry anything else."""
+    return not isinstance(state.result(raise_on_failure=False), TrainingDiverged)
+
+
+@task(retries=1, retry_condition_fn=_retry_unless_diverged)
 def train_convnet(
     data: dict[str, np.ndarray],
     num_classes: int,
@@ -129,26 +240,54 @@ def train_convnet(
     solver_config: dict[str, Any],
     seed: int,
     run_id: str,
+    callback: Callable[[str, dict], None] | None = None,
 ) -> dict[str, Any]:
     """Train a ThreeLayerConvNet with Solver (per-iteration loss, per-epoch accuracies to
-    MLflow). Returns the model (best validation parameters) and its histories."""
+    MLflow), checkpointing every epoch into checkpoint_dir(run_id) and the run's artifacts.
+    Starts from the run's latest checkpoint if it has one (a resumed run, a retried task), so
+    it ends exactly where an uninterrupted run would. ``callback`` also gets every Solver
+    event. Returns the model (best validation parameters) and its histories."""
     model = ThreeLayerConvNet(
         input_dim=data["X_train"].shape[1:], num_classes=num_classes, seed=seed,
         dtype=np.float32, **config,
     )  # fmt: skip
     per_epoch = max(len(data["X_train"]) // solver_config["batch_size"], 1)
-    display = _TrainingDisplay(run_id, per_epoch * solver_config["num_epochs"])
-    solver = Solver(model, data, **solver_config, seed=seed, callback=display, verbose=False)
-    with display.progress:
-        solver.train()
-    display.metrics.flush()
+    directory = checkpoint_dir(run_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    start = latest_checkpoint(run_id)
+    if start is not None:
+        print(f"resuming training from the checkpoint of epoch {start[1]} ({start[0]})")
+        tracking.set_tags(run_id, {"mlcore.resumed_from_epoch": start[1]})
+    display = _TrainingDisplay(
+        run_id, per_epoch * solver_config["num_epochs"], per_epoch * (start[1] if start else 0),
+        callback,
+    )  # fmt: skip
+    solver = Solver(
+        model, data, **solver_config, seed=seed, callback=display, verbose=False,
+        checkpoint_name=str(directory / CHECKPOINT_PREFIX),
+        resume_from=start[0] if start else None,
+    )  # fmt: skip
+    try:
+        with display.progress:
+            solver.train()
+    finally:  # what a failing run did until it failed is worth keeping, if MLflow is there
+        with contextlib.suppress(Exception):
+            display.metrics.flush()
+    if display.all_checkpoints_logged and tracking.logged_checkpoints(run_id):
+        shutil.rmtree(directory, ignore_errors=True)  # MLflow has the checkpoints
     return {
         "model": model,
         "loss_history": solver.loss_history,
         "train_acc_history": solver.train_acc_history,
         "val_acc_history": solver.val_acc_history,
         "best_val_acc": solver.best_val_acc,
+        "resumed_from_epoch": start[1] if start else None,
     }
+
+
+def training_started(run_id: str) -> bool:
+    """Whether the run has a checkpoint (so its gradient gate passed before)."""
+    return bool(tracking.logged_checkpoints(run_id) or local_checkpoints(checkpoint_dir(run_id)))
 
 
 @task

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -469,7 +470,15 @@ def end_run(run_id: str, exc: BaseException | None = None) -> None:
     unsent = _unsent_error(run_id)
     if unsent is not None and reason is None:
         status = RunStatus.FAILED
-    tags = {ERROR_TAG: reason} if reason else {ERROR_TAG: str(unsent)} if unsent else {}
+    tags = (
+        {ERROR_TAG: reason}
+        if reason
+        else {ERROR_TAG: str(unsent)}
+        if unsent
+        else {ERROR_TAG: error_line(exc)[:1000]}
+        if exc
+        else {}
+    )
     if run_id not in _SPOOLED:
         try:
             set_tags(run_id, tags)
@@ -645,3 +654,117 @@ def _artifact_path(folder: Path, artifact_file: str) -> Path:
     path = folder / "artifacts" / artifact_file
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# failures, resuming a run, and its checkpoints
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none)."""
+    msg = getattr(exc, "message", None)  # MlflowException's message (no error-code prefix)
+    msg = msg if isinstance(msg, str) and msg else str(exc)
+    return msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
+
+
+CHECKPOINT_TAG = "mlcore.checkpoints"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def resumable_params(run_id: str, flow: str) -> dict:
+    """The recorded arguments (tag ``mlcore.flow_params``) of ``run_id``, a run of ``flow``
+    that may be resumed: it is not FINISHED nor still RUNNING, and was made by this code.
+    Anything else is a ValueError naming the reason."""
+    try:
+        run = client().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+    tags = run.data.tags
+    if tags.get("mlcore.flow") != flow or "mlcore.flow_params" not in tags:
+        made_by = tags.get("mlcore.flow") or "no mlcore flow"
+        raise ValueError(f"cannot resume run {run_id}: it was made by {made_by}, not {flow}")
+    status = run.info.status
+    if status == "RUNNING" and reap_if_dead(run_id):  # its process is gone: now KILLED
+        status = client().get_run(run_id).info.status
+    if status == "FINISHED":
+        raise ValueError(f"cannot resume run {run_id}: it FINISHED; nothing to resume")
+    if status == "RUNNING":
+        raise ValueError(f"cannot resume run {run_id}: run is still RUNNING")
+    if tags.get("git_commit") != git_commit():
+        raise ValueError(
+            f"cannot resume run {run_id}: it was made by other code (git_commit "
+            f"{tags.get('git_commit')}, this is {git_commit()})"
+        )
+    return json.loads(tags["mlcore.flow_params"])
+
+
+@contextlib.contextmanager
+def reopened_run(run_id: str) -> Iterator[str]:
+    """Set an ended run back to RUNNING (its old ``mlcore.error`` removed, this process as its
+    owner) and yield its id; end it as parent_run does (``end_run``)."""
+    client().update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    if ERROR_TAG in client().get_run(run_id).data.tags:
+        client().delete_tag(run_id, ERROR_TAG)
+    mark_process(run_id)  # this process owns it now (see reap_if_dead)
+    try:
+        yield run_id
+    except BaseException as exc:
+        end_run(run_id, exc)
+        raise
+    end_run(run_id)
+
+
+def last_metric_steps(run_id: str, names: list[str]) -> dict[str, int]:
+    """The highest step logged so far of each metric in ``names`` that has one."""
+    out = {}
+    for name in names:
+        steps = [m.step for m in client().get_metric_history(run_id, name)]
+        if steps:
+            out[name] = max(steps)
+    return out
+
+
+def logged_checkpoints(run_id: str) -> list[dict]:
+    """The checkpoints logged to ``run_id`` by log_checkpoint, oldest first: dicts of
+    ``epoch``, ``artifact`` (path in the run's artifacts) and ``sha256``."""
+    return json.loads(client().get_run(run_id).data.tags.get(CHECKPOINT_TAG, "[]"))
+
+
+def log_checkpoint(run_id: str, path: str | Path, epoch: int, keep: int = 2) -> None:
+    """Log the checkpoint file at ``path`` as ``checkpoints/<file name>``; then record it (with
+    its sha256) in the tag ``mlcore.checkpoints``, which lists the last ``keep`` ones, and
+    delete the older checkpoint artifacts. The tag is written only once the upload is complete,
+    so it never names a half-written artifact."""
+    path = Path(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    client().log_artifact(run_id, str(path), CHECKPOINT_DIR)
+    entry = {"epoch": int(epoch), "artifact": f"{CHECKPOINT_DIR}/{path.name}", "sha256": digest}
+    kept = [c for c in logged_checkpoints(run_id) if c["artifact"] != entry["artifact"]]
+    kept = [*kept, entry][-keep:]
+    client().set_tag(run_id, CHECKPOINT_TAG, json.dumps(kept))
+    names = {c["artifact"] for c in kept}
+    stale = [
+        a.path
+        for a in client().list_artifacts(run_id, CHECKPOINT_DIR)
+        if not a.is_dir and a.path not in names
+    ]
+    if stale:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(
+            client().get_run(run_id).info.artifact_uri, mlflow.get_tracking_uri()
+        )
+        for artifact in stale:
+            repo.delete_artifacts(artifact)
+
+
+def download_checkpoint(run_id: str, entry: Mapping, directory: str | Path) -> Path:
+    """Download a checkpoint listed by logged_checkpoints into ``directory`` and check its
+    sha256 (a mismatch is a ValueError and leaves no file)."""
+    local = Path(client().download_artifacts(run_id, entry["artifact"], str(directory)))
+    if hashlib.sha256(local.read_bytes()).hexdigest() != entry["sha256"]:
+        local.unlink()
+        raise ValueError(
+            f"checkpoint {entry['artifact']} of run {run_id} does not match its sha256"
+        )
+    return local

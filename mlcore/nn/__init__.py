@@ -2,6 +2,6 @@
 function pairs, sandwich layers, update rules, a three-layer ConvNet and a Solver."""
 
 from mlcore.nn.cnn import ThreeLayerConvNet
-from mlcore.nn.solver import Solver
+from mlcore.nn.solver import Solver, TrainingDiverged
 
-__all__ = ["Solver", "ThreeLayerConvNet"]
+__all__ = ["Solver", "ThreeLayerConvNet", "TrainingDiverged"]

@@ -17,6 +17,22 @@ from mlcore.nn import optim
 
 _UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
 _DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
+# A loss more than this many times its first value is a divergence. A classifier's first loss is
+# about log(C) (2.3 for ten classes) plus the regulariser; minibatch noise and adam's early
+# overshoot move it by a small factor (at most about 1.5x in the course's cells, measured in
+# tests/nn/test_solver.py), while a learning rate too large by orders of magnitude sends it
+# to thousands within a few steps. 1e3 leaves a wide margin on both sides.
+DEFAULT_DIVERGENCE_FACTOR = 1e3
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became non-finite, or grew by more than ``divergence_factor`` over its first
+    value. ``iteration`` (from 1), ``epoch`` (the epoch in progress, from 1) and ``loss`` say
+    where."""
+
+    def __init__(self, message: str, iteration: int, epoch: int, loss: float):
+        super().__init__(message)
+        self.iteration, self.epoch, self.loss = iteration, epoch, loss
 
 
 class Solver:
@@ -38,6 +54,11 @@ class Solver:
       at every epoch end) with kind "epoch" and info dict(epoch, iteration, train_acc, val_acc,
       lr).
     - resume_from: path of a checkpoint written by a Solver; training continues from it.
+    - divergence_factor (DEFAULT_DIVERGENCE_FACTOR = 1e3): training stops with
+      TrainingDiverged at the first loss that is not finite or is more than this many times
+      the first loss (a first loss of 0 only checks finiteness); None checks only finiteness.
+      The diverging step's update is not applied. The callback also gets kind "checkpoint"
+      with info dict(epoch, iteration, path) after each checkpoint is written.
 
     After ``train()`` the model holds the parameters with the best validation accuracy.
     """
@@ -68,6 +89,7 @@ class Solver:
         self.verbose = kwargs.pop("verbose", True)
         self.seed = kwargs.pop("seed", None)
         self.callback = kwargs.pop("callback", None)
+        self.divergence_factor = kwargs.pop("divergence_factor", DEFAULT_DIVERGENCE_FACTOR)
         resume_from = kwargs.pop("resume_from", None)
         if kwargs:
             raise ValueError(f"unrecognized arguments: {', '.join(sorted(kwargs))}")
@@ -81,6 +103,8 @@ class Solver:
                 f"invalid update_rule {self.update_rule!r}; use one of {list(_UPDATE_RULES)} "
                 "or a callable"
             )
+        if self.divergence_factor is not None and not self.divergence_factor > 1:
+            raise ValueError(f"divergence_factor must be > 1 or None, got {self.divergence_factor}")
         if self.batch_size < 1 or self.num_epochs < 0:
             raise ValueError(
                 f"batch_size must be >= 1 and num_epochs >= 0, got {self.batch_size} and "
@@ -105,11 +129,32 @@ class Solver:
     def _step(self):
         batch = self.rng.choice(len(self.X_train), self.batch_size)
         loss, grads = self.model.loss(self.X_train[batch], self.y_train[batch])
+        self._check_divergence(loss)
         self.loss_history.append(loss)
         for name, w in self.model.params.items():
             next_w, next_config = self._rule(w, grads[name], self.optim_configs[name])
             self.model.params[name] = next_w
             self.optim_configs[name] = next_config
+
+    def _check_divergence(self, loss):
+        first = self.loss_history[0] if self.loss_history else loss
+        if np.isfinite(loss):
+            factor = self.divergence_factor
+            if factor is None or first <= 0 or loss <= factor * first:
+                return
+            why = f"more than divergence_factor={factor:g} times the first loss {first:.4g}"
+        else:
+            why = "not finite"
+        iteration, epoch = self.iteration + 1, self.epoch + 1
+        lr = next(iter(self.optim_configs.values()), {}).get("learning_rate")
+        hint = f"; lower the learning rate ({lr:g})" if lr is not None else ""
+        raise TrainingDiverged(
+            f"training diverged at iteration {iteration} (epoch {epoch} of {self.num_epochs}): "
+            f"loss {float(loss):.4g} is {why}{hint}",
+            iteration,
+            epoch,
+            float(loss),
+        )
 
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of (a random subsample of num_samples of) X classified as y."""
@@ -125,6 +170,12 @@ class Solver:
 
     def train(self):
         """Run the optimisation until num_epochs epochs are complete."""
+        # a diverging run overflows on its way to the non-finite loss that stops it: that is
+        # reported as TrainingDiverged, not as numpy warnings
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self._train()
+
+    def _train(self):
         iterations_per_epoch = max(len(self.X_train) // self.batch_size, 1)
         num_iterations = self.num_epochs * iterations_per_epoch
 
@@ -146,7 +197,11 @@ class Solver:
             if t == 0 or epoch_end:
                 self._record_accuracy()
             if epoch_end and self.checkpoint_name is not None:
-                self.save_checkpoint(f"{self.checkpoint_name}_epoch_{self.epoch}.npz")
+                path = f"{self.checkpoint_name}_epoch_{self.epoch}.npz"
+                self.save_checkpoint(path)
+                if self.callback is not None:
+                    info = {"epoch": self.epoch, "iteration": self.iteration, "path": path}
+                    self.callback("checkpoint", info)
 
         if self.best_params:
             self.model.params = {k: v.copy() for k, v in self.best_params.items()}

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from mlcore.nn import Solver, ThreeLayerConvNet
+from mlcore.nn import Solver, ThreeLayerConvNet, TrainingDiverged
 from mlcore.nn.optim import sgd
+from mlcore.nn.solver import DEFAULT_DIVERGENCE_FACTOR
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,8 @@ def test_overfits_small_data(digits):
         seed=0,
     )
     solver.train()
+    # the course's overfitting cell: noisy, but far from tripping the divergence check
+    assert max(solver.loss_history) / solver.loss_history[0] < 2 < DEFAULT_DIVERGENCE_FACTOR
     assert len(solver.loss_history) == 15 * 2
     assert len(solver.train_acc_history) == len(solver.val_acc_history) == 16
     assert solver.train_acc_history[-1] >= 0.9
@@ -68,6 +71,7 @@ def test_learns_digits(digits):
         seed=0,
     )
     solver.train()
+    assert max(solver.loss_history) / solver.loss_history[0] < 2
     assert solver.best_val_acc >= 0.9
     # the best parameters are back in the model: the full validation accuracy is the best one
     assert solver.check_accuracy(solver.X_val, solver.y_val) == solver.best_val_acc
@@ -201,3 +205,68 @@ def test_validation(digits):
         Solver(small_net(), data, learning_rate=1e-3)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         Solver(small_net(), data, batch_size=0)
+
+
+def test_a_non_finite_loss_stops_training_where_it_happens(digits):
+    events = []
+    with pytest.raises(TrainingDiverged) as caught:
+        run(digits, 0, update_rule="sgd", optim_config={"learning_rate": 1e30}, lr_decay=1.0,
+            callback=lambda kind, info: events.append((kind, info)))  # fmt: skip
+    err = caught.value
+    assert not np.isfinite(err.loss)
+    assert isinstance(err, FloatingPointError)  # as SGDRegressor's divergence
+    iterations = [info["iteration"] for kind, info in events if kind == "iteration"]
+    # stopped at the first non-finite loss; that step is neither recorded nor applied
+    assert err.iteration == iterations[-1] + 1 and err.epoch == 1
+    assert str(err) == (
+        f"training diverged at iteration {err.iteration} (epoch 1 of 2): loss {err.loss} is "
+        "not finite; lower the learning rate (1e+30)"
+    )
+
+
+def test_a_finite_blow_up_stops_training(digits):
+    X, y = digits
+    solver = Solver(
+        small_net(seed=1), data_dict(X, y, 300, 100), num_epochs=3, batch_size=50,
+        update_rule="adam", optim_config={"learning_rate": 1e4}, verbose=False, seed=0,
+    )  # fmt: skip
+    with pytest.raises(TrainingDiverged, match="times the first loss") as caught:
+        solver.train()
+    err = caught.value
+    first = solver.loss_history[0]
+    assert np.isfinite(err.loss) and err.loss > DEFAULT_DIVERGENCE_FACTOR * first
+    # every loss before it was within the bound
+    assert max(solver.loss_history) <= DEFAULT_DIVERGENCE_FACTOR * first
+    assert err.iteration == len(solver.loss_history) + 1 == solver.iteration + 1
+    assert f"more than divergence_factor=1000 times the first loss {first:.4g}" in str(err)
+    # the same run with a laxer factor goes further before it stops
+    lax = Solver(
+        small_net(seed=1), data_dict(X, y, 300, 100), num_epochs=3, batch_size=50,
+        update_rule="adam", optim_config={"learning_rate": 1e4}, verbose=False, seed=0,
+        divergence_factor=None,
+    )  # fmt: skip
+    try:
+        lax.train()
+    except TrainingDiverged as exc:
+        assert exc.iteration > err.iteration and not np.isfinite(exc.loss)
+    else:
+        assert len(lax.loss_history) > err.iteration
+
+
+def test_divergence_factor_must_exceed_one(digits):
+    X, y = digits
+    for bad in (1, 0.5, -3):
+        with pytest.raises(ValueError, match=f"divergence_factor must be > 1 or None, got {bad}"):
+            Solver(small_net(), data_dict(X, y, 100, 50), divergence_factor=bad)
+
+
+def test_checkpoint_events_follow_each_written_checkpoint(digits, tmp_path):
+    seen = []
+
+    def callback(kind, info):
+        if kind == "checkpoint":
+            with np.load(info["path"], allow_pickle=False) as f:  # complete when announced
+                seen.append((info["epoch"], info["iteration"], int(f["epoch"])))
+
+    run(digits, 0, num_epochs=3, checkpoint_name=str(tmp_path / "c"), callback=callback)
+    assert seen == [(1, 6, 1), (2, 12, 2), (3, 18, 3)]
