@@ -93,7 +93,9 @@ def test_every_epoch_is_checkpointed_and_the_last_two_kept(
 ):
     from flows.convnet import convnet_training
 
-    result = convnet_training(epochs=4, num_train=200, hidden_dim=16, num_filters=4, seed=7)
+    result = convnet_training(
+        epochs=4, batch_size=50, num_train=200, hidden_dim=16, num_filters=4, seed=7
+    )
     run_id = result["run_id"]
     kept = tracking.logged_checkpoints(run_id)
     assert [c["epoch"] for c in kept] == [3, 4]
@@ -274,9 +276,12 @@ def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(
     assert killed.info.run_id == run_id and killed.info.status == "RUNNING"
     stopped_at = tracking.logged_checkpoints(run_id)[-1]["epoch"]
     assert 1 <= stopped_at < 5 and "test_acc" not in killed.data.metrics
-    # The run-liveness check in the CLI marks a RUNNING run whose process is gone KILLED;
-    # this branch predates it, so the test does what it does.
-    MlflowClient().set_terminated(run_id, "KILLED")
+    # `mlcore runs` sees that the run's process is gone and ends it KILLED (so would --resume)
+    listed = runner.invoke(app, ["runs", "convnet"], env={"COLUMNS": "300"})
+    assert listed.exit_code == 0, listed.output
+    reaped = MlflowClient().get_run(run_id)
+    assert reaped.info.status == "KILLED"
+    assert reaped.data.tags["mlcore.error"].startswith(f"process {proc.pid} on ")
     # no local copies: the checkpoint comes back from MLflow (checked against its sha256)
     for path, _ in local_checkpoints(checkpoint_dir(run_id)):
         path.unlink()
