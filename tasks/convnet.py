@@ -258,6 +258,8 @@ def train_convnet(
     finally:  # what a failing run did until it failed is worth keeping, if MLflow is there
         with contextlib.suppress(Exception):
             display.metrics.flush()
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if empty: a run that failed before its first checkpoint
     if display.all_checkpoints_logged and tracking.logged_checkpoints(run_id):
         shutil.rmtree(directory, ignore_errors=True)  # MLflow has the checkpoints
     return {

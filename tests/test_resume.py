@@ -81,6 +81,7 @@ def test_a_diverging_run_fails_with_its_reason_and_registers_nothing(
     assert mlflow.search_logged_models(output_format="list") == []
     assert MlflowClient().search_registered_models() == []
     assert "test_acc" not in run.data.metrics
+    assert not checkpoint_dir(run.info.run_id).exists()  # it failed before any checkpoint
     # every loss before the diverging one is logged: the curve shows what happened
     iteration = int(re.search(r"at iteration (\d+)", result.output).group(1))
     loss = MlflowClient().get_metric_history(run.info.run_id, "loss")
@@ -284,6 +285,7 @@ def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(
     resumed = runner.invoke(app, ["run", "convnet", "--resume", run_id])
     assert resumed.exit_code == 0, resumed.output
     assert f"MLflow run id: {run_id}" in resumed.output
+    assert f"resumed from the checkpoint of epoch {stopped_at}\n" in resumed.output
     straight = runner.invoke(app, args)
     assert straight.exit_code == 0, straight.output
     straight_id = re.search(r"MLflow run id: (\w{32})", straight.output).group(1)
