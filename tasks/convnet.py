@@ -162,7 +162,8 @@ class _TrainingDisplay:
             self.all_checkpoints_logged = False
             self.progress.console.print(
                 f"checkpoint of epoch {epoch} kept at {path} (not logged to MLflow: "
-                f"{tracking.error_line(exc)})"
+                f"{tracking.error_line(exc)})",
+                soft_wrap=True,
             )
         for old, _ in local_checkpoints(path.parent)[:-2]:
             old.unlink(missing_ok=True)

@@ -146,6 +146,29 @@ def test_latest_checkpoint_prefers_an_identical_local_copy_and_checks_downloads(
         assert not (directory / "convnet_epoch_3.npz").exists()
 
 
+def test_a_checkpoint_mlflow_cannot_store_stays_on_local_disk(mlflow_store, checkpoints, capsys):
+    solver = {"update_rule": "adam", "optim_config": {"learning_rate": 1e-3}, "lr_decay": 1.0,
+              "batch_size": 50, "num_epochs": 3, "num_train_samples": 1000}  # fmt: skip
+    config = model_config("digits", hidden_dim=16, num_filters=4)
+    with tracking.parent_run("convnet", "test", {}) as run_id:
+        # a file where the run's checkpoints/ folder goes: every upload fails, for real
+        artifacts = Path(MlflowClient().get_run(run_id).info.artifact_uri)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / "checkpoints").write_text("not a folder")
+        data = load_images.fn("digits", 200, run_id)
+        trained = train_convnet.fn(data, 10, config, solver, 7, run_id)
+    err = capsys.readouterr().err
+    directory = checkpoint_dir(run_id)
+    for epoch in (1, 2, 3):
+        assert f"checkpoint of epoch {epoch} kept at {directory}/convnet_epoch_{epoch}.npz" in err
+    assert tracking.logged_checkpoints(run_id) == []
+    # the last two stay on disk, and the last one holds the trained parameters
+    assert [e for _, e in local_checkpoints(directory)] == [2, 3]
+    with np.load(directory / "convnet_epoch_3.npz", allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["best/W1"], trained["model"].params["W1"])
+        assert f["loss_history"].tolist() == trained["loss_history"]
+
+
 class FailOnceAfterEpoch1:
     """A training observer that fails, once, right after the first checkpoint is logged: a
     fault in the middle of the training task, which Prefect retries."""
