@@ -354,6 +354,8 @@ def run_convnet(
 
 
 def show_convnet_result(result: dict) -> None:
+    if result.get("resumed_from_epoch"):
+        console.print(f"resumed from the checkpoint of epoch {result['resumed_from_epoch']}")
     row = {k: result[k] for k in ("final_train_acc", "best_val_acc", "test_acc")}
     print_table("convnet_training", [row], list(row))
     console.print(f"MLflow run id: [bold]{result['run_id']}[/]")

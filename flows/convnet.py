@@ -81,6 +81,7 @@ def convnet_training(
             )
         trained = train_convnet(data, num_classes, config, solver_config, seed, run_id)
         result = evaluate_convnet(trained, data, run_id)
+        result["resumed_from_epoch"] = trained["resumed_from_epoch"]
         result["registered"] = register_model(
             result["model_uri"], f"{dataset}-convnet", "best_val_acc", result["best_val_acc"],
             True, convnet_data_key(dataset, num_train), run_id,

@@ -177,7 +177,8 @@ class _TrainingDisplay:
             self.all_checkpoints_logged = False
             self.progress.console.print(
                 f"checkpoint of epoch {epoch} kept at {path} (not logged to MLflow: "
-                f"{tracking.error_line(exc)})"
+                f"{tracking.error_line(exc)})",
+                soft_wrap=True,
             )
         for old, _ in local_checkpoints(path.parent)[:-2]:
             old.unlink(missing_ok=True)
@@ -273,6 +274,8 @@ def train_convnet(
     finally:  # what a failing run did until it failed is worth keeping, if MLflow is there
         with contextlib.suppress(Exception):
             display.metrics.flush()
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if empty: a run that failed before its first checkpoint
     if display.all_checkpoints_logged and tracking.logged_checkpoints(run_id):
         shutil.rmtree(directory, ignore_errors=True)  # MLflow has the checkpoints
     return {

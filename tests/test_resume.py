@@ -81,6 +81,7 @@ def test_a_diverging_run_fails_with_its_reason_and_registers_nothing(
     assert mlflow.search_logged_models(output_format="list") == []
     assert MlflowClient().search_registered_models() == []
     assert "test_acc" not in run.data.metrics
+    assert not checkpoint_dir(run.info.run_id).exists()  # it failed before any checkpoint
     # every loss before the diverging one is logged: the curve shows what happened
     iteration = int(re.search(r"at iteration (\d+)", result.output).group(1))
     loss = MlflowClient().get_metric_history(run.info.run_id, "loss")
@@ -145,6 +146,29 @@ def test_latest_checkpoint_prefers_an_identical_local_copy_and_checks_downloads(
         path, epoch = latest_checkpoint(run_id)
         assert epoch == 2 and np.load(path)["epoch"] == 2
         assert not (directory / "convnet_epoch_3.npz").exists()
+
+
+def test_a_checkpoint_mlflow_cannot_store_stays_on_local_disk(mlflow_store, checkpoints, capsys):
+    solver = {"update_rule": "adam", "optim_config": {"learning_rate": 1e-3}, "lr_decay": 1.0,
+              "batch_size": 50, "num_epochs": 3, "num_train_samples": 1000}  # fmt: skip
+    config = model_config("digits", hidden_dim=16, num_filters=4)
+    with tracking.parent_run("convnet", "test", {}) as run_id:
+        # a file where the run's checkpoints/ folder goes: every upload fails, for real
+        artifacts = Path(MlflowClient().get_run(run_id).info.artifact_uri)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / "checkpoints").write_text("not a folder")
+        data = load_images.fn("digits", 200, run_id)
+        trained = train_convnet.fn(data, 10, config, solver, 7, run_id)
+    err = capsys.readouterr().err
+    directory = checkpoint_dir(run_id)
+    for epoch in (1, 2, 3):
+        assert f"checkpoint of epoch {epoch} kept at {directory}/convnet_epoch_{epoch}.npz" in err
+    assert tracking.logged_checkpoints(run_id) == []
+    # the last two stay on disk, and the last one holds the trained parameters
+    assert [e for _, e in local_checkpoints(directory)] == [2, 3]
+    with np.load(directory / "convnet_epoch_3.npz", allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["best/W1"], trained["model"].params["W1"])
+        assert f["loss_history"].tolist() == trained["loss_history"]
 
 
 class FailOnceAfterEpoch1:
@@ -289,6 +313,7 @@ def test_a_run_killed_mid_training_resumes_to_the_uninterrupted_result(
     resumed = runner.invoke(app, ["run", "convnet", "--resume", run_id])
     assert resumed.exit_code == 0, resumed.output
     assert f"MLflow run id: {run_id}" in resumed.output
+    assert f"resumed from the checkpoint of epoch {stopped_at}\n" in resumed.output
     straight = runner.invoke(app, args)
     assert straight.exit_code == 0, straight.output
     straight_id = re.search(r"MLflow run id: (\w{32})", straight.output).group(1)
