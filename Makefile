@@ -67,9 +67,10 @@ LOCK_ARGS ?=
 lock: | $(UV)
 	$(UV) lock $(LOCK_ARGS)
 
-# fails when pyproject.toml and uv.lock disagree (no network needed)
+# fails when pyproject.toml and uv.lock disagree ("The lockfile at `uv.lock` needs to be
+# updated"); it reaches PyPI only then, to say so rather than fail to resolve offline
 lock-check: | $(UV)
-	$(UV) lock --check --offline
+	$(UV) lock --check
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
