@@ -9,7 +9,12 @@ from mlcore.data.images import class_names
 from tasks import tracking
 from tasks.convnet import evaluate_convnet, gradient_gate, load_images, model_config, train_convnet
 from tasks.data import fetch_dataset
-from tasks.registry import convnet_data_key, register_model
+from tasks.registry import (
+    ACCURACY_MARGIN,
+    convnet_data_key,
+    majority_baseline,
+    register_model,
+)
 
 
 @flow(name="convnet_training", log_prints=True)
@@ -48,8 +53,10 @@ def convnet_training(
         gradient_gate(data["X_train"].shape[1:], config["filter_size"], num_classes, seed, run_id)
         trained = train_convnet(data, num_classes, config, solver_config, seed, run_id)
         result = evaluate_convnet(trained, data, run_id)
+        baseline = majority_baseline(data["y_train"], data["y_val"])
         result["registered"] = register_model(
             result["model_uri"], f"{dataset}-convnet", "best_val_acc", result["best_val_acc"],
-            True, convnet_data_key(dataset, num_train), run_id,
+            True, convnet_data_key(dataset, num_train), run_id, baseline, "majority",
+            ACCURACY_MARGIN,
         )  # fmt: skip
         return result
