@@ -269,10 +269,12 @@ def check_mlcore_model(local: str | Path, model_uri: str) -> str:
         raise refuse(f"its flavors are {', '.join(flavors)}, not python_function only")
     conf = model.flavors["python_function"]
     code_file = conf.get("model_code_path")
-    if conf.get("loader_module") != "mlflow.pyfunc.model" or not code_file:
+    if conf.get("loader_module") != "mlflow.pyfunc.loaders.code_model" or not code_file:
         raise refuse("it is not a python_function model from a code file")
-    if conf.get("python_model") or conf.get("cloudpickle_version"):
+    if conf.get("python_model"):
         raise refuse("it holds a pickled Python object")
+    # MLflow records the path the file was logged from; the copy is beside MLmodel
+    code_file = Path(code_file).name
     kind = (model.metadata or {}).get("mlcore_kind", "")
     ours = PYFUNC_DIR / f"{kind}.py"
     if not kind or "/" in kind or not ours.is_file():
