@@ -159,9 +159,10 @@ def promotion_lock(tracking_uri: str) -> Iterator[None]:
     For a store on this machine's disk (``sqlite:///path`` or a ``file:`` / plain path) it is
     an ``fcntl`` lock on a file beside the store (``<db>.registry.lock``), held by every process
     that promotes into that store. A server store (``http(s)://``, a database server) offers
-    clients no lock and its REST API has no compare-and-set of an alias, so there two
-    promotions finishing within the same few milliseconds can still race (see the README)."""
-    path = _lock_path(tracking_uri)
+    clients no lock and its REST API has no compare-and-set of an alias: there the lock is a
+    file in this machine's temporary folder named after the URI, which serialises the
+    promotions of this machine's processes only (see the README)."""
+    path = lock_path(tracking_uri)
     if path is None:
         yield
         return
@@ -176,17 +177,21 @@ def promotion_lock(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _lock_path(tracking_uri: str) -> Path | None:
+def lock_path(tracking_uri: str) -> Path | None:
     parts = urlsplit(tracking_uri)
     if parts.scheme == "sqlite":
         db = tracking_uri.split(":///", 1)[-1] if ":///" in tracking_uri else ""
         if not db or db == ":memory:":
-            return None
+            return None  # a private in-memory store: nothing to share
         return Path(db).with_name(Path(db).name + ".registry.lock")
     if parts.scheme in ("", "file"):
         root = Path(parts.path if parts.scheme else tracking_uri)
         return root / ".registry.lock"
-    return None
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"mlcore-registry-{digest}.lock"
 
 
 def _should_promote(

@@ -1,6 +1,8 @@
 """The model registry: versions with their metric and data tags, ``champion`` moved only by a
 strict win on the same validation data, and the flows registering their best model."""
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from tasks.registry import (
     ACCURACY_MARGIN,
     convnet_data_key,
     housing_data_key,
+    lock_path,
     majority_baseline,
     mean_baseline,
     register_model,
@@ -333,3 +336,15 @@ def test_concurrent_promotions_leave_one_consistent_champion(logged, mlflow_stor
         if not r["promoted"]:  # it lost against a holder that really was better
             holder = r["reason"].split("champion stays version ")[1].split(":")[0]
             assert value_of[holder] <= value_of[r["version"]]
+
+
+def test_the_promotion_lock_sits_beside_a_local_store(tmp_path):
+    import tempfile
+
+    assert lock_path(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / "mlflow.db.registry.lock"
+    assert lock_path("sqlite:///mlflow.db") == Path("mlflow.db.registry.lock")
+    assert lock_path(str(tmp_path / "mlruns")) == tmp_path / "mlruns" / ".registry.lock"
+    assert lock_path(f"file://{tmp_path}/mlruns") == tmp_path / "mlruns" / ".registry.lock"
+    server = lock_path("http://127.0.0.1:5000")
+    assert server.parent == Path(tempfile.gettempdir()) and server.name.startswith("mlcore-")
+    assert server != lock_path("http://127.0.0.1:5001")
