@@ -493,8 +493,19 @@ def predict(
     output: Annotated[
         str | None, typer.Option(help="Write the predictions as CSV here instead.")
     ] = None,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model",
+            help="Load a model mlcore did not log. Loading an MLflow model can run code "
+            "(unpickling, a models-from-code file), so by default only mlcore's own model "
+            "kinds are loaded, checked before loading; use this only for a model whose "
+            "source you trust.",
+        ),
+    ] = False,
 ) -> None:
-    """Score INPUT with a model from MLflow: one prediction per line (or CSV to --output)."""
+    """Score INPUT with a model from MLflow: one prediction per line (or CSV to --output).
+    Only models mlcore logged, unless --trust-model."""
     import numpy as np
     import pandas as pd
 
@@ -503,7 +514,7 @@ def predict(
     if model_uri.startswith(("runs:/", "models:/")):
         check_tracking_store()
 
-    pred = np.asarray(predict_file(model_uri, input_file))
+    pred = np.asarray(predict_file(model_uri, input_file, trust=trust_model))
     flat = pred.reshape(len(pred), -1)
     if output is not None:
         cols = (

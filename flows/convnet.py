@@ -17,7 +17,12 @@ from tasks.convnet import (
     training_started,
 )
 from tasks.data import fetch_dataset
-from tasks.registry import convnet_data_key, register_model
+from tasks.registry import (
+    ACCURACY_MARGIN,
+    convnet_data_key,
+    majority_baseline,
+    register_model,
+)
 
 
 @flow(name="convnet_training", log_prints=True)
@@ -82,8 +87,10 @@ def convnet_training(
         trained = train_convnet(data, num_classes, config, solver_config, seed, run_id)
         result = evaluate_convnet(trained, data, run_id)
         result["resumed_from_epoch"] = trained["resumed_from_epoch"]
+        baseline = majority_baseline(data["y_train"], data["y_val"])
         result["registered"] = register_model(
             result["model_uri"], f"{dataset}-convnet", "best_val_acc", result["best_val_acc"],
-            True, convnet_data_key(dataset, num_train), run_id,
+            True, convnet_data_key(dataset, num_train), run_id, baseline, "majority",
+            ACCURACY_MARGIN,
         )  # fmt: skip
         return result

@@ -10,7 +10,7 @@ from tasks import tracking
 from tasks.data import fetch_dataset, load_split, log_dataset
 from tasks.data import standardize as standardize_features
 from tasks.linear import evaluate, fit_model
-from tasks.registry import housing_data_key, register_model
+from tasks.registry import housing_data_key, mean_baseline, register_model
 from tasks.report import report_results
 
 DEFAULT_ALPHAS = (1e-4, 1e-2, 1.0, 10.0, 100.0)
@@ -56,8 +56,9 @@ def housing_regression(
         result = report_results([r.result() for r in rows], run_id)
         best = result["best"]
         key = housing_data_key(dataset, test_size, split_random_state, val_split)
+        baseline = mean_baseline(split["y_train"], split["y_val"])
         result["registered"] = register_model(
             best["model_uri"], "housing-regressor", "best_val_mae", best["val_mae"],
-            False, key, run_id,
+            False, key, run_id, baseline, "train-mean",
         )  # fmt: skip
         return result

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from mlcore.data import fetch, get_dataset, load_libsvm, split_like_course
-from mlcore.data.registry import data_dir
+from mlcore.data.registry import PermanentDownloadError, data_dir
 from mlcore.preprocessing import Standardizer, feature_stats
 from tasks import tracking
 
@@ -30,8 +30,13 @@ def _fetch_cache_key(context, parameters) -> str:
 
 
 def _is_network_error(task, task_run, state) -> bool:
+    """Retry what may heal (a refused connection, a timeout, HTTP 5xx: ``ConnectionError``),
+    never a permanent refusal (HTTP 404/403: ``PermanentDownloadError``), a checksum
+    mismatch or an unknown dataset."""
     try:
         state.result()
+    except PermanentDownloadError:
+        return False
     except ConnectionError:
         return True
     except Exception:  # noqa: BLE001 - a checksum or registry error will not heal by retrying

@@ -10,14 +10,18 @@ looks better on easier data.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 import numpy as np
 from prefect import task
 
 from tasks import tracking
+from tasks.tracking import PYFUNC_DIR
 
 CHAMPION = "champion"
 
@@ -39,6 +43,39 @@ def convnet_data_key(dataset: str, num_train: int | None) -> str:
     return f"{dataset}:split=default:num_train={num_train}"
 
 
+# A classifier must beat always guessing the training set's majority class by this much
+# absolute validation accuracy: on the few hundred validation rows of digits, two binomial
+# standard errors of a chance-level rate (0.1) are about 0.045.
+ACCURACY_MARGIN = 0.05
+
+
+def majority_baseline(y_train: np.ndarray, y_val: np.ndarray) -> float:
+    """Validation accuracy of always predicting the most frequent class of ``y_train``."""
+    classes, counts = np.unique(np.ravel(y_train), return_counts=True)
+    return float(np.mean(np.ravel(y_val) == classes[np.argmax(counts)]))
+
+
+def mean_baseline(y_train: np.ndarray, y_val: np.ndarray) -> float:
+    """Validation MAE of always predicting the mean of ``y_train``."""
+    return float(np.mean(np.abs(np.ravel(y_val) - np.mean(y_train))))
+
+
+def registration_gate(
+    metric: str, value: float, higher_is_better: bool, baseline: float, label: str, margin: float
+) -> tuple[bool, str]:
+    """Whether ``value`` beats the trivial ``baseline`` (by ``margin`` for a higher-is-better
+    metric), and the comparison with both numbers, e.g.
+    ``best_val_acc 0.098 <= majority 0.102 + 0.05``."""
+    if higher_is_better:
+        passed = value > baseline + margin
+        rhs = f"{label} {baseline:.4g}" + (f" + {margin:g}" if margin else "")
+    else:
+        passed = value < baseline - margin
+        rhs = f"{label} {baseline:.4g}" + (f" - {margin:g}" if margin else "")
+    op = (">" if passed else "<=") if higher_is_better else ("<" if passed else ">=")
+    return passed, f"{metric} {value:.4g} {op} {rhs}"
+
+
 @task
 def register_model(
     model_uri: str,
@@ -48,26 +85,56 @@ def register_model(
     higher_is_better: bool,
     data_key: str,
     run_id: str,
+    baseline: float,
+    baseline_label: str = "baseline",
+    margin: float = 0.0,
 ) -> dict[str, Any]:
-    """Register ``model_uri`` as a new version of ``name``, tagged with ``metric=value``,
-    ``data_key`` and the flow's ``run_id``; point alias ``champion`` at it if there is no
-    champion yet, or if the champion was measured on the same ``data_key`` and this value is
-    strictly better. Tags the flow's run with ``registered_model``, ``registered_version`` and
-    ``champion``. Returns ``{name, version, champion_version, promoted, reason}``."""
+    """Register ``model_uri`` as a new version of ``name`` if ``value`` beats the trivial
+    ``baseline`` on the validation data (by ``margin`` when higher is better), tagged with
+    ``metric=value``, ``data_key`` and the flow's ``run_id``; point alias ``champion`` at it if
+    there is no champion yet, or if the champion was measured on the same ``data_key`` and
+    this value is strictly better.
+
+    The flow's run is tagged ``registered`` (true/false) and ``registration_gate`` (the
+    comparison with the baseline); if registered also ``registered_model``,
+    ``registered_version`` and ``champion``. Reading the champion, comparing and moving the
+    alias happen under a lock of the store (see `promotion_lock`), so two flows finishing at
+    once cannot both take the alias from the same holder.
+    Returns ``{name, version, champion_version, promoted, reason, registered, gate}``
+    (``version`` is None when the gate refused the model)."""
     value = float(value)
+    passed, gate = registration_gate(
+        metric, value, higher_is_better, float(baseline), baseline_label, margin
+    )
+    if not passed:
+        tracking.set_tags(run_id, {"registered": "false", "registration_gate": gate})
+        reason = f"not registered: does not beat the trivial baseline ({gate})"
+        print(f"{name}: {reason}")
+        return {
+            "name": name,
+            "version": None,
+            "champion_version": None,
+            "promoted": False,
+            "reason": reason,
+            "registered": False,
+            "gate": gate,
+        }
     tags = {metric: repr(value), "data_key": data_key, "flow_run_id": run_id}
     version = str(mlflow.register_model(model_uri, name, tags=tags).version)
     client = tracking.client()
-    holder = client.get_registered_model(name).aliases.get(CHAMPION)
-    promoted, reason = _should_promote(
-        client, name, holder, metric, value, higher_is_better, data_key
-    )
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)
+    with promotion_lock(mlflow.get_tracking_uri()):
+        holder = client.get_registered_model(name).aliases.get(CHAMPION)
+        promoted, reason = _should_promote(
+            client, name, holder, metric, value, higher_is_better, data_key
+        )
+        if promoted:
+            client.set_registered_model_alias(name, CHAMPION, version)
     champion_version = version if promoted else str(holder)
     tracking.set_tags(
         run_id,
         {
+            "registered": "true",
+            "registration_gate": gate,
             "registered_model": name,
             "registered_version": version,
             "champion": str(promoted).lower(),
@@ -80,7 +147,51 @@ def register_model(
         "champion_version": champion_version,
         "promoted": promoted,
         "reason": reason,
+        "registered": True,
+        "gate": gate,
     }
+
+
+@contextlib.contextmanager
+def promotion_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive lock around read-compare-move of the ``champion`` alias.
+
+    For a store on this machine's disk (``sqlite:///path`` or a ``file:`` / plain path) it is
+    an ``fcntl`` lock on a file beside the store (``<db>.registry.lock``), held by every process
+    that promotes into that store. A server store (``http(s)://``, a database server) offers
+    clients no lock and its REST API has no compare-and-set of an alias: there the lock is a
+    file in this machine's temporary folder named after the URI, which serialises the
+    promotions of this machine's processes only (see the README)."""
+    path = lock_path(tracking_uri)
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def lock_path(tracking_uri: str) -> Path | None:
+    parts = urlsplit(tracking_uri)
+    if parts.scheme == "sqlite":
+        db = tracking_uri.split(":///", 1)[-1] if ":///" in tracking_uri else ""
+        if not db or db == ":memory:":
+            return None  # a private in-memory store: nothing to share
+        return Path(db).with_name(Path(db).name + ".registry.lock")
+    if parts.scheme in ("", "file"):
+        root = Path(parts.path if parts.scheme else tracking_uri)
+        return root / ".registry.lock"
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"mlcore-registry-{digest}.lock"
 
 
 def _should_promote(
@@ -112,14 +223,86 @@ def _should_promote(
     return True, f"beats {CHAMPION} version {holder} on {metric}: {value:.6g} vs {best:.6g}"
 
 
-def load_model(model_uri: str):
-    """``mlflow.pyfunc.load_model`` with a one-line error naming the URI."""
+class UntrustedModelError(ValueError):
+    """A model that mlcore did not write: loading it could run someone else's code."""
+
+
+def load_model(model_uri: str, trust: bool = False):
+    """Load ``model_uri`` as a pyfunc model, with a one-line error naming the URI.
+
+    Unless ``trust``, the model is first downloaded and checked without running any of its
+    code (`check_mlcore_model`): only mlcore's own model kinds are loaded, anything else is
+    an `UntrustedModelError`. MLflow unpickles a cloudpickle or scikit-learn model and
+    executes a models-from-code file while loading, so a model someone else put in the store
+    would otherwise run code on this machine."""
     try:
-        return mlflow.pyfunc.load_model(model_uri)
+        if trust:
+            return mlflow.pyfunc.load_model(model_uri)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri)
+        check_mlcore_model(local, model_uri)
+        import mlcore  # noqa: F401 - the installed mlcore, not the copy shipped in the model
+
+        return mlflow.pyfunc.load_model(local)
     except (mlflow.exceptions.MlflowException, OSError) as exc:
         msg = exc.message if isinstance(exc, mlflow.exceptions.MlflowException) else str(exc)
         first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
         raise ValueError(f"cannot load model {model_uri!r}: {first}") from None
+
+
+def check_mlcore_model(local: str | Path, model_uri: str) -> str:
+    """Check, without executing anything from it, that the model downloaded to ``local`` is
+    one mlcore logged (`tracking.log_pyfunc_model`): its only flavor is ``python_function``
+    from code (no pickled object), that code file is byte for byte one of this
+    installation's ``tasks/pyfunc/<kind>.py``, its only artifact is a ``.npz`` of weights
+    and the code shipped with it is ``mlcore/**.py`` only. Returns the kind; raises
+    `UntrustedModelError` naming what is foreign."""
+    from mlflow.models import Model
+
+    local = Path(local)
+
+    def refuse(why: str) -> UntrustedModelError:
+        return UntrustedModelError(
+            f"refusing to load {model_uri!r}: {why}; it is not a model mlcore logged "
+            "(pass --trust-model to load it anyway, if you trust its source)"
+        )
+
+    if not (local / "MLmodel").is_file():
+        raise refuse("it has no MLmodel file")
+    model = Model.load(str(local / "MLmodel"))
+    flavors = sorted(model.flavors)
+    if flavors != ["python_function"]:
+        raise refuse(f"its flavors are {', '.join(flavors)}, not python_function only")
+    conf = model.flavors["python_function"]
+    code_file = conf.get("model_code_path")
+    if conf.get("loader_module") != "mlflow.pyfunc.loaders.code_model" or not code_file:
+        raise refuse("it is not a python_function model from a code file")
+    if conf.get("python_model"):
+        raise refuse("it holds a pickled Python object")
+    # MLflow records the path the file was logged from; the copy is beside MLmodel
+    code_file = Path(code_file).name
+    kind = (model.metadata or {}).get("mlcore_kind", "")
+    ours = PYFUNC_DIR / f"{kind}.py"
+    if not kind or "/" in kind or not ours.is_file():
+        raise refuse(f"its mlcore_kind {kind!r} is not one of mlcore's model kinds")
+    code = local / code_file
+    if not code.is_file() or tracking.file_sha256(code) != tracking.file_sha256(ours):
+        raise refuse(f"its code file {code_file!r} is not this mlcore's tasks/pyfunc/{kind}.py")
+    artifacts = conf.get("artifacts") or {}
+    if set(artifacts) != {"weights"} or not str(artifacts["weights"].get("path", "")).endswith(
+        ".npz"
+    ):
+        raise refuse("its artifacts are not mlcore's weights.npz")
+    shipped = conf.get("code")
+    if shipped:
+        root = local / shipped
+        foreign = [
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.is_file() and not (p.relative_to(root).parts[0] == "mlcore" and p.suffix == ".py")
+        ]
+        if foreign:
+            raise refuse(f"it ships code other than mlcore's: {foreign[0]}")
+    return kind
 
 
 def read_features(path: str | Path) -> np.ndarray:
@@ -181,8 +364,9 @@ def fit_to_signature(X: np.ndarray, model, source: str = "input") -> Any:
     return pd.DataFrame(X, columns=names)
 
 
-def predict_file(model_uri: str, path: str | Path) -> np.ndarray:
-    """Score the file at ``path`` with the model at ``model_uri``; one prediction per row."""
-    model = load_model(model_uri)
+def predict_file(model_uri: str, path: str | Path, trust: bool = False) -> np.ndarray:
+    """Score the file at ``path`` with the model at ``model_uri``; one prediction per row.
+    Only mlcore's own models unless ``trust`` (see `load_model`)."""
+    model = load_model(model_uri, trust)
     X = fit_to_signature(read_features(path), model, Path(path).name)
     return np.asarray(model.predict(X))

@@ -7,7 +7,7 @@ import pytest
 from prefect import flow
 
 from mlcore.data import DataError, fetch, load_libsvm
-from mlcore.data.registry import get_dataset
+from mlcore.data.registry import PermanentDownloadError, get_dataset
 from tasks.data import fetch_dataset, load_split, standardize
 
 HOUSING = get_dataset("housing_scale")
@@ -127,3 +127,85 @@ def test_load_split_and_standardize_tasks(data_env, shared_data):
     np.testing.assert_allclose(data["X_train"].mean(axis=0), 0.0, atol=1e-12)
     np.testing.assert_allclose(scaler.mean_, split["X_train"].mean(axis=0))
     np.testing.assert_allclose(data["X_test"], (split["X_test"] - scaler.mean_) / scaler.scale_)
+
+
+@pytest.mark.parametrize("status", [404, 403])
+def test_permanent_http_errors_fail_at_once_and_are_not_retried(served, prefect_harness, status):
+    served.status_for["housing_scale"] = status
+
+    @flow
+    def fetch_only():
+        return fetch_dataset.with_options(retries=2, retry_delay_seconds=0)("housing_scale")
+
+    with pytest.raises(
+        PermanentDownloadError,
+        match=rf"^housing_scale: could not download {served.url}/housing_scale: HTTP {status} "
+        r".*\(permanent, not retried\)$",
+    ):
+        fetch_only()
+    assert served.hits == ["/housing_scale"]  # one request: no retry by the task nor by pooch
+    assert list((served.root.parent / "cache").iterdir()) == []
+
+
+@pytest.fixture
+def stalling_server():
+    """A real TCP server on a free loopback port that accepts connections and then stalls:
+    for ``/headers-then-stall`` it sends the status line and headers (a 72,154-byte body
+    announced) and 100 bytes of body, for any other path nothing at all."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    accepted: list[socket.socket] = []
+
+    def serve():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            accepted.append(conn)
+            request = conn.recv(4096)
+            if b"/headers-then-stall" in request.split(b"\r\n", 1)[0]:
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 72154\r\n"
+                    b"Content-Type: application/octet-stream\r\n\r\n" + b"24 " * 33 + b"x"
+                )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+@pytest.mark.parametrize("path", ["", "/headers-then-stall"])
+def test_stalling_server_hits_the_read_timeout(stalling_server, tmp_path, monkeypatch, path):
+    mirror = stalling_server + path
+    monkeypatch.setenv("MLCORE_DATA_MIRROR", mirror)
+    monkeypatch.setenv("MLCORE_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLCORE_DOWNLOAD_TIMEOUT", "0.5")
+    with pytest.raises(ConnectionError) as info:
+        fetch_dataset.fn("housing_scale")
+    assert str(info.value) == (
+        f"housing_scale: could not download {mirror}/housing_scale: no answer within 0.5 s "
+        "(MLCORE_DOWNLOAD_TIMEOUT)"
+    )
+    assert list((tmp_path / "cache").iterdir()) == []  # the partial download was removed
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_a_bad_download_timeout_is_a_clear_error(served, monkeypatch, value):
+    monkeypatch.setenv("MLCORE_DOWNLOAD_TIMEOUT", value)
+    with pytest.raises(DataError, match=f"MLCORE_DOWNLOAD_TIMEOUT='{value}' is not a positive"):
+        fetch("housing_scale")
+    assert served.hits == []

@@ -40,7 +40,9 @@ def champion(mlflow_store, housing):
         weights = {"mean": scaler.mean_, "scale": scaler.scale_, "weights": model.weights_}
         uri = tracking.log_pyfunc_model(run_id, "linear", weights, housing["X_test"][:5])
         key = housing_data_key("housing_scale", 0.33, 42, 0.2)
-        reg = register_model.fn(uri, "housing-regressor", "best_val_mae", 3.0, False, key, run_id)
+        reg = register_model.fn(
+            uri, "housing-regressor", "best_val_mae", 3.0, False, key, run_id, 6.0
+        )
     assert reg["promoted"]
     X = housing["X_test"]
     return {"uri": mlflow_store, "X": X, "expected": np.ravel(model.predict(scaler.transform(X)))}
@@ -167,3 +169,75 @@ def test_predict_errors_are_one_line(champion, tmp_path):
         runner.invoke(app, ["predict", uri, str(text)], env=ENV),
         r"error: .*text\.csv \(rows counted after the header\): could not convert string 'x'",
     )
+
+
+FOREIGN_CODE = """
+import os
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class Foreign(PythonModel):
+    def load_context(self, context):
+        with np.load(context.artifacts["weights"], allow_pickle=False) as f:
+            self.w = f["w"]
+
+    def predict(self, context, model_input, params=None):
+        return np.asarray(model_input, dtype=np.float64) @ self.w
+
+
+open(os.environ["FOREIGN_MARKER"], "a").write("ran\\n")
+mlflow.models.set_model(Foreign())
+"""
+
+
+def test_predict_loads_only_what_mlcore_wrote(mlflow_store, housing, tmp_path, monkeypatch):
+    """A scikit-learn model and a models-from-code file that claims to be mlcore's linear
+    kind are refused before any of their code runs; --trust-model loads them."""
+    from mlflow.models import Model
+    from sklearn.linear_model import LinearRegression
+
+    X, y = housing["X_train"], np.ravel(housing["y_train"])
+    sk = LinearRegression().fit(X, y)
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("FOREIGN_MARKER", str(marker))
+    code = tmp_path / "foreign.py"
+    code.write_text(FOREIGN_CODE)
+    w = np.arange(13, dtype=np.float64)
+    np.savez(tmp_path / "weights.npz", w=w)
+    with tracking.parent_run("housing", "test", {"purpose": "foreign"}) as run_id:
+        sk_uri = mlflow.sklearn.log_model(
+            sk, name="sk", run_id=run_id, pip_requirements=["scikit-learn"]
+        ).model_uri
+        fake_uri = Model.log(
+            artifact_path=None, name="fake", flavor=mlflow.pyfunc, run_id=run_id,
+            python_model=str(code), artifacts={"weights": str(tmp_path / "weights.npz")},
+            metadata={"mlcore_kind": "linear"}, pip_requirements=["numpy"],
+        ).model_uri  # fmt: skip
+    marker.unlink(missing_ok=True)  # logging ran the file once
+    csv = tmp_path / "rows.csv"
+    np.savetxt(csv, housing["X_test"][:6], delimiter=",", fmt="%.17g")
+    one_line_error(
+        runner.invoke(app, ["predict", sk_uri, str(csv)], env=ENV),
+        rf"error: refusing to load '{sk_uri}': its flavors are python_function, sklearn, not "
+        r"python_function only; .* \(pass --trust-model to load it anyway",
+    )
+    one_line_error(
+        runner.invoke(app, ["predict", fake_uri, str(csv)], env=ENV),
+        rf"error: refusing to load '{fake_uri}': its code file 'foreign.py' is not this mlcore's "
+        r"tasks/pyfunc/linear.py",
+    )
+    assert not marker.exists()  # refused before loading: the foreign file never ran
+    trusted = runner.invoke(app, ["predict", sk_uri, str(csv), "--trust-model"], env=ENV)
+    assert trusted.exit_code == 0, trusted.output
+    got = [float(v) for v in trusted.output.split()]
+    np.testing.assert_allclose(got, sk.predict(housing["X_test"][:6]), rtol=1e-12)
+    trusted = runner.invoke(app, ["predict", fake_uri, str(csv), "--trust-model"], env=ENV)
+    assert trusted.exit_code == 0, trusted.output
+    np.testing.assert_allclose(
+        [float(v) for v in trusted.output.split()], housing["X_test"][:6] @ w, rtol=1e-12
+    )
+    assert marker.read_text() == "ran\n"
+    help_text = runner.invoke(app, ["predict", "--help"], env=ENV).output
+    assert "--trust-model" in help_text and "can run code" in " ".join(help_text.split())

@@ -4,6 +4,8 @@ Environment:
     MLCORE_DATA_DIR     where downloads are cached (default ``./data/raw``).
     MLCORE_DATA_MIRROR  a directory or an http(s) base URL that replaces every dataset's
                         canonical base URL, so the product runs offline from a local copy.
+    MLCORE_DOWNLOAD_TIMEOUT  seconds to wait for a connection and, after that, between two
+                        reads of a download (default 30): a server that stalls fails then.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ import pooch
 
 class DataError(ValueError):
     """A dataset could not be fetched or parsed; the message says which file and why."""
+
+
+class PermanentDownloadError(DataError):
+    """The server refused the file for good (HTTP 4xx such as 404 or 403): retrying cannot
+    help."""
+
+
+DEFAULT_DOWNLOAD_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,21 @@ def get_dataset(name: str) -> Dataset:
     except KeyError:
         known = ", ".join(sorted(DATASETS))
         raise DataError(f"unknown dataset {name!r}; known datasets: {known}") from None
+
+
+def download_timeout() -> float:
+    """``MLCORE_DOWNLOAD_TIMEOUT`` in seconds (default 30): connect and read timeout of a
+    download."""
+    text = os.environ.get("MLCORE_DOWNLOAD_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_DOWNLOAD_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise DataError(f"MLCORE_DOWNLOAD_TIMEOUT={text!r} is not a positive number of seconds")
+    return value
 
 
 def data_dir() -> Path:
@@ -159,7 +184,7 @@ def fetch(name: str, progress: bool | None = None) -> Path:
         downloader = _file_downloader
     else:
         bar = RichProgress(f"downloading {ds.filename}") if progress else False
-        downloader = pooch.HTTPDownloader(progressbar=bar, timeout=30)
+        downloader = pooch.HTTPDownloader(progressbar=bar, timeout=download_timeout())
     target_dir.mkdir(parents=True, exist_ok=True)
     try:
         path = pooch.retrieve(
@@ -178,5 +203,30 @@ def fetch(name: str, progress: bool | None = None) -> Path:
             ) from exc
         raise
     except OSError as exc:  # network errors (requests' errors subclass OSError)
-        raise ConnectionError(f"{ds.name}: could not download {url}: {exc}") from exc
+        raise _download_error(ds, url, exc) from exc
     return Path(path)
+
+
+def _download_error(ds: Dataset, url: str, exc: OSError) -> Exception:
+    """A permanent HTTP refusal (4xx but 408 and 429) as `PermanentDownloadError`; anything
+    else (5xx, a refused connection, a timeout) as `ConnectionError`, which may heal."""
+    import requests
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, requests.HTTPError) and status is not None:
+        reason = getattr(exc.response, "reason", "") or ""
+        if 400 <= status < 500 and status not in (408, 429):
+            return PermanentDownloadError(
+                f"{ds.name}: could not download {url}: HTTP {status} {reason}".rstrip()
+                + " (permanent, not retried)"
+            )
+        return ConnectionError(f"{ds.name}: could not download {url}: HTTP {status} {reason}")
+    # a stall before the headers is a Timeout; one mid-body reaches us as a ConnectionError
+    # wrapping urllib3's ReadTimeoutError
+    if isinstance(exc, requests.Timeout) or "timed out" in str(exc):
+        return ConnectionError(
+            f"{ds.name}: could not download {url}: no answer within {download_timeout():g} s "
+            "(MLCORE_DOWNLOAD_TIMEOUT)"
+        )
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ConnectionError(f"{ds.name}: could not download {url}: {first}")
