@@ -35,8 +35,10 @@ def test_a_closed_port_is_one_line_within_seconds(tmp_path, command):
     assert done.returncode == 1 and len(lines) == 1, done.stdout + done.stderr
     assert lines[0].startswith(f"error: cannot reach the MLflow tracking store {uri}: ")
     assert "refused" in lines[0].lower()
-    # a bound, not a benchmark: MLflow's own retries took 262 s here
-    assert elapsed < 20, elapsed
+    # a bound, not a benchmark: MLflow's own retries took 262 s here, while the check itself
+    # is one 3 s request; the rest is the interpreter's start-up and imports, which took up
+    # to 24 s on this two-core machine under a load of 17
+    assert elapsed < 60, elapsed
     assert not (tmp_path / "mlcore-unsent").exists()
 
 
@@ -93,7 +95,7 @@ def test_server_stopped_mid_training_loses_nothing(prefect_harness, mlflow_serve
     convnet_tasks._TrainingDisplay.__call__ = stop_after_first_epoch
     try:
         with pytest.raises(tracking.TrackingUnavailable) as failed:
-            convnet_training(dataset="digits", epochs=3, num_train=100, seed=0)
+            convnet_training(dataset="digits", epochs=3, batch_size=50, num_train=100, seed=0)
     finally:
         convnet_tasks._TrainingDisplay.__call__ = display_call
     run_id = seen["stopped"]

@@ -33,7 +33,8 @@ from tests.conftest import one_line_error
 
 runner = CliRunner()
 # small and quick: 4 iterations of a tiny net per epoch
-SMALL = ["--num-train", "200", "--hidden-dim", "16", "--num-filters", "4", "--seed", "7"]
+SMALL = ["--num-train", "200", "--batch-size", "50", "--hidden-dim", "16", "--num-filters", "4",
+         "--seed", "7"]  # fmt: skip
 METRICS = ("loss", "train_acc", "val_acc", "lr")
 
 
