@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,15 +115,24 @@ def fresh_venv(logged_models, tmp_path_factory):
     venv = outside / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, cwd=outside)
     model_dir = next(iter(logged_models.values()))["dir"]
+    # uv (the installer the project's Makefile uses) when it is there: pip resolving against
+    # the package index took minutes; what gets installed is the same requirements.txt
+    uv = shutil.which("uv") or next(
+        (str(p) for p in [tracking.PROJECT_DIR / ".tools" / "uv" / "bin" / "uv"] if p.is_file()),
+        None,
+    )
+    installer = (
+        [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python")]
+        if uv
+        else [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    )
     pip = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-         "-r", str(model_dir / "requirements.txt")],
-        cwd=outside, capture_output=True, text=True, env=_clean_env(),
+        [*installer, "-r", str(model_dir / "requirements.txt")],
+        cwd=outside, capture_output=True, text=True,
+        env={**_clean_env(), "UV_PYTHON_DOWNLOADS": "never"},
     )  # fmt: skip
     assert pip.returncode == 0, pip.stderr[-3000:]
     yield {"python": venv / "bin" / "python", "cwd": outside}
-    import shutil
-
     shutil.rmtree(outside, ignore_errors=True)
 
 
