@@ -34,7 +34,7 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import DatasetInput, InputTag, Metric, RunStatus  # noqa: E402
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag  # noqa: E402
 
 from tasks import environment  # noqa: E402
 
@@ -196,8 +196,9 @@ def log_params(run_id: str, params: Mapping) -> None:
     values = _stringify(params)
 
     def send():
-        for key, value in values.items():
-            client().log_param(run_id, key, value)
+        items = [Param(k, v) for k, v in values.items()]
+        for start in range(0, len(items), 100):  # MLflow's most params per batch
+            client().log_batch(run_id, params=items[start : start + 100])
 
     _send(run_id, send, lambda folder: _keep_json(folder, "params.json", values))
 
@@ -206,8 +207,9 @@ def set_tags(run_id: str, tags: Mapping) -> None:
     values = {k: str(v) for k, v in tags.items()}
 
     def send():
-        for key, value in values.items():
-            client().set_tag(run_id, key, value)
+        items = [RunTag(k, v) for k, v in values.items()]
+        for start in range(0, len(items), 100):
+            client().log_batch(run_id, tags=items[start : start + 100])
 
     _send(run_id, send, lambda folder: _keep_json(folder, "tags.json", values))
 
