@@ -21,6 +21,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # log lines (a failed task's traceback among them) are off unless asked for, e.g.
 # PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=INFO. Every log still reaches the Prefect API and UI.
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+# mlcore's fast layers: idle OpenMP threads sleep instead of spinning on the cores the next
+# BLAS call needs (read when libgomp loads; mlcore itself changes no process-wide setting).
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402

@@ -109,7 +109,10 @@ class ThreeLayerConvNet:
         grads = {}
         dh2, grads["W3"], grads["b3"] = affine_backward(dscores, cache3)
         dh1, grads["W2"], grads["b2"] = layer_utils.affine_relu_backward(dh2, cache2)
-        _, grads["W1"], grads["b1"] = layer_utils.conv_relu_pool_backward(dh1, cache1)
+        # the data needs no gradient: the first conv skips its dx
+        _, grads["W1"], grads["b1"] = layer_utils.conv_relu_pool_backward(
+            dh1, cache1, need_dx=False
+        )
         for name in ("W1", "W2", "W3"):
             grads[name] = grads[name] + self.reg * p[name]
         return float(loss), grads

@@ -99,9 +99,13 @@ def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
     return out, (conv_cache, relu_cache, pool_cache)
 
 
-def conv_relu_pool_backward(dout, cache):
-    """dout: (N, F, H'', W''). Returns dx, dw, db."""
+def conv_relu_pool_backward(dout, cache, need_dx=True):
+    """dout: (N, F, H'', W''). Returns dx, dw, db. With need_dx=False (the input is data that
+    needs no gradient) the fast conv skips the input gradient and dx is None; a conv cache
+    without ``without_dx`` (the naive layers') computes it anyway."""
     conv_cache, relu_cache, pool_cache = cache
     ds = max_pool_backward(dout, pool_cache)
     da = relu_backward(ds, relu_cache)
+    if not need_dx and hasattr(conv_cache, "without_dx"):
+        conv_cache = conv_cache.without_dx()
     return conv_backward(da, conv_cache)
