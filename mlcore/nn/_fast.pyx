@@ -24,6 +24,7 @@ touched, so a mismatched call cannot read or write outside the arrays.
 """
 
 from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 
@@ -143,15 +144,14 @@ def im2col(const floating_t[:, :, :, ::1] x, floating_t[::1] cols,
                         h = i * stride - pad + kh
                         dst = base + i * Wo
                         if h < 0 or h >= H:
-                            for j in range(Wo):
-                                cols[dst + j] = 0
+                            memset(&cols[dst], 0, Wo * sizeof(floating_t))
                         else:
                             for j in range(lo):
                                 cols[dst + j] = 0
-                            if stride == 1:
-                                src = off
-                                for j in range(lo, hi):
-                                    cols[dst + j] = x[n, c, h, j + src]
+                            if stride == 1:  # a contiguous run of the input row
+                                if hi > lo:
+                                    memcpy(&cols[dst + lo], &x[n, c, h, lo + off],
+                                           (hi - lo) * sizeof(floating_t))
                             else:
                                 for j in range(lo, hi):
                                     cols[dst + j] = x[n, c, h, j * stride + off]
