@@ -1,19 +1,35 @@
-"""Benchmark mlcore's fast conv / pool layers against the naive layers and PyTorch (CPU).
+"""Benchmark mlcore's fast conv / pool layers and training step against PyTorch (CPU), and the
+naive layers, each engine in its own process.
 
-    python bench/layers.py [--threads 2] [--rounds 25] [--quick] [--memory] [--no-naive]
+    python bench/layers.py [--threads 2] [--rounds 25] [--quick] [--memory] [--profile]
+                           [--no-naive] [--no-torch]
 
-Everything runs in one process with every engine pinned to the same number of threads
-(OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS are set before numpy is imported,
-torch.set_num_threads, and threadpoolctl reports what the libraries actually use). Each case
-is warmed up, then timed round by round with the engines interleaved (their order rotating
-every round); a sample is the mean of enough back-to-back calls to last ~15 ms. Reported:
-medians over rounds, and per-round ratios fast/torch as median (min-max). The table is printed
-(with rich if available) and written to bench/results/layers.json and layers.md together
-with the machine description.
+Two engines in one process share cores, thread pools and settings, and their timings say
+more about their interference than about either. So every engine runs in its own worker
+process (this script with ``--worker``) with its own defaults:
 
-``--memory`` additionally runs one epoch of ThreeLayerConvNet training steps (batch 50) over
-a 49,000 x 3 x 32 x 32 float32 array in a child process without torch, and reports the peak
-memory (tracemalloc peak and maxrss growth) against the dataset size.
+* the **mlcore** worker (fast layers, the GEMM share, the ThreeLayerConvNet step) sets what
+  mlcore's entry points set: ``OMP_WAIT_POLICY=passive`` (unless the environment sets a
+  policy) and ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` = ``--threads``, before numpy
+  is imported;
+* the **torch** worker changes nothing but ``torch.set_num_threads(--threads)``;
+* the **naive** worker (mlcore's naive layers) has the mlcore worker's settings.
+
+The parent process only coordinates: for each case it has every worker warm up and pick how
+many back-to-back calls make one sample (~25 ms; ~8 ms with ``--quick``), then runs the rounds,
+asking one worker at a time for a sample (the order alternates every round, with a short pause
+between hand-overs so the previous worker's threads are idle). Each figure is the median over
+rounds; each fast/torch figure is the median of the per-round ratios with their min-max. The
+table is printed (with rich if available) and written to bench/results/layers.json and
+layers.md with the machine description, the load average and each worker's thread pools.
+
+``--memory`` also runs one epoch of ThreeLayerConvNet training steps (batch 50) over a
+49,000 x 3 x 32 x 32 float32 array in a child process with the mlcore worker's settings, and
+reports the peak memory (tracemalloc peak and peak RSS growth) against the dataset size.
+
+``--profile`` also times the mlcore training step phase by phase (per layer: im2col, GEMM,
+col2im, pool, affine, relu, softmax, adam, and the Python between them) and writes
+bench/results/profile.{json,md}.
 """
 
 from __future__ import annotations
@@ -31,111 +47,105 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+TARGETS = {"conv fwd": 1.3, "conv fwd+bwd": 1.0, "pool fwd+bwd": 1.0, "step float32": 1.0}
+STRETCH_STEP = 0.75
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="threads per engine (default 2)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 25, quick 3)")
     p.add_argument("--quick", action="store_true", help="few rounds and short samples (smoke test)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive layers")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     p.add_argument("--memory", action="store_true", help="also measure an epoch's peak memory")
+    p.add_argument("--profile", action="store_true", help="also profile the mlcore step")
+    p.add_argument("--only", default=None, help="only the cases whose name contains this")
+    p.add_argument("--worker", choices=["mlcore", "torch", "naive"], help=argparse.SUPPRESS)
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--memory-steps", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--profile-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--profile-reps", type=int, default=40, help=argparse.SUPPRESS)
     p.add_argument(
-        "--wait-policy",
-        default="passive",
-        help="OMP_WAIT_POLICY for every engine (default passive, mlcore's default); "
-        "'env' keeps the environment's",
+        "--mlcore-path",
+        type=Path,
+        default=None,
+        help="import mlcore from this directory in the mlcore and naive workers\n"
+        "(another checkout with its extension built in place: a before/after comparison)",
     )
-    p.add_argument("--out", type=Path, default=RESULTS, help="directory for layers.json/.md")
+    p.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     return p.parse_args(argv)
 
 
-def pin_threads(n: int, wait_policy: str) -> None:
-    """Must run before numpy (or torch) is imported."""
+def mlcore_settings(threads: int) -> None:
+    """The mlcore worker's settings (what mlcore's entry points set); before numpy loads."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
-    if wait_policy != "env":
-        os.environ["OMP_WAIT_POLICY"] = wait_policy
+        os.environ[var] = str(threads)
 
 
 # --------------------------------------------------------------------------------------------
-# timing
+# cases: every worker builds the same list from the same seeds and offers its own engines
 
 
-class Engine:
-    def __init__(self, name, fn, max_rounds=None):
-        self.name, self.fn, self.max_rounds = name, fn, max_rounds
-        self.reps = 1
-        self.samples: list[float] = []
+CONV_SPECS = [
+    ("conv 3x3 s2 p1, x(100,3,31,31) w(25,3,3,3)", (100, 3, 31, 31), (25, 3, 3, 3), 2, 1),
+    ("conv 7x7 s1 p3, x(50,3,32,32) w(32,3,7,7)", (50, 3, 32, 32), (32, 3, 7, 7), 1, 3),
+]
+POOL_SPECS = [
+    ("pool 2x2 s2, x(100,3,32,32)", (100, 3, 32, 32), 2, 2),
+    ("pool 3x3 s2, x(100,3,32,32)", (100, 3, 32, 32), 3, 2),
+    ("pool 2x2 s2, x(50,32,32,32)", (50, 32, 32, 32), 2, 2),
+    ("pool 3x3 s2, x(50,32,32,32)", (50, 32, 32, 32), 3, 2),
+]
+PHASES = ("fwd", "bwd", "fwd+bwd")
 
 
-def calibrate(engine: Engine, target: float) -> bool:
-    """Warm up; choose how many calls make one sample. False if one call is too slow."""
-    t0 = time.perf_counter()
-    engine.fn()
-    first = time.perf_counter() - t0
-    if engine.max_rounds is not None and first > 20.0:
-        return False
-    engine.fn()
-    t0 = time.perf_counter()
-    engine.fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    engine.reps = max(1, int(target / one))
-    return True
+def case_list():
+    """(case name, group, target kind) in benchmark order."""
+    out = []
+    for label, *_ in CONV_SPECS:
+        for what in PHASES:
+            kind = {"fwd": "conv fwd", "fwd+bwd": "conv fwd+bwd"}.get(what)
+            out.append((f"{label} {what}", "conv", kind))
+    for label, *_ in POOL_SPECS:
+        for what in PHASES:
+            out.append((f"{label} {what}", "pool", "pool fwd+bwd" if what == "fwd+bwd" else None))
+    out.append(("ThreeLayerConvNet train step, batch 50, float32", "step", "step float32"))
+    out.append(("ThreeLayerConvNet train step, batch 50, float64", "step", None))
+    return out
 
 
-def sample(engine: Engine) -> float:
-    fn, reps = engine.fn, engine.reps
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
+def conv_data(np, xs, ws, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = (0.1 * rng.standard_normal(ws)).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    return rng, x, w, b
 
 
-def run_case(engines: list[Engine], rounds: int, target: float) -> None:
-    engines = [e for e in engines if calibrate(e, target)]
-    for r in range(rounds):
-        order = engines[r % len(engines) :] + engines[: r % len(engines)]
-        for e in order:
-            if e.max_rounds is None or len(e.samples) < e.max_rounds:
-                e.samples.append(sample(e))
+def mlcore_engines(np):
+    """{case: {"fast": fn, "gemm": fn}} for the mlcore worker."""
+    from mlcore.nn import fast_layers as fl
 
-
-# --------------------------------------------------------------------------------------------
-# cases
-
-
-def conv_cases(np, fl, L, torch, dtype, with_naive):
-    from mlcore.nn import fast_layers
-
-    specs = [
-        ("conv 3x3 s2 p1, x(100,3,31,31) w(25,3,3,3)", (100, 3, 31, 31), (25, 3, 3, 3), 2, 1),
-        ("conv 7x7 s1 p3, x(50,3,32,32) w(32,3,7,7)", (50, 3, 32, 32), (32, 3, 7, 7), 1, 3),
-    ]
-    rng = np.random.default_rng(0)
-    cases = []
-    for label, xs, ws, stride, pad in specs:
-        x = rng.standard_normal(xs).astype(dtype)
-        w = (0.1 * rng.standard_normal(ws)).astype(dtype)
-        b = rng.standard_normal(ws[0]).astype(dtype)
+    engines = {}
+    for k, (label, xs, ws, stride, pad) in enumerate(CONV_SPECS):
+        rng, x, w, b = conv_data(np, xs, ws, k)
         cp = {"stride": stride, "pad": pad}
         out, cache = fl.conv_forward_fast(x, w, b, cp)
-        dout = rng.standard_normal(out.shape).astype(dtype)
-        N, C, H, W = xs
-        F, _, HH, WW = ws
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        N = xs[0]
+        F, C, HH, WW = ws
         K, P = C * HH * WW, out.shape[2] * out.shape[3]
         cols = cache.cols  # (K + 1, N, P): receptive fields, then a row of ones
         wb = np.concatenate([w.reshape(F, K), b[:, None]], axis=1)
         w2t = w.reshape(F, K).T
-        res = np.empty((N, F, P), dtype)
-        dcols = np.empty((K, N * P), dtype)
+        res = np.empty((F, N * P), np.float32)
+        dcols = np.empty((K, N * P), np.float32)
         dflat = np.ascontiguousarray(dout.reshape(N, F, P).transpose(1, 0, 2)).reshape(F, N * P)
 
         def gemm_fwd(wb=wb, cols=cols, res=res):
-            np.matmul(wb, cols.transpose(1, 0, 2), out=res)
+            np.matmul(wb, cols.reshape(cols.shape[0], -1), out=res)
 
         def gemm_bwd(w2t=w2t, cols=cols, dflat=dflat, dcols=dcols):
             np.matmul(dflat, cols.reshape(cols.shape[0], -1).T)
@@ -155,139 +165,128 @@ def conv_cases(np, fl, L, torch, dtype, with_naive):
             _, c = fl.conv_forward_fast(x, w, b, cp)
             fl.conv_backward_fast(dout, c)
 
-        naive = {}
-        if with_naive:
-            x64, w64, b64, d64 = (a.astype(np.float64) for a in (x, w, b, dout))
-            ncache = L.conv_forward_naive(x64, w64, b64, cp)[1]
-            naive = {
-                "fwd": lambda x=x, w=w, b=b, cp=cp: L.conv_forward_naive(x, w, b, cp),
-                "bwd": lambda d=dout, c=ncache: L.conv_backward_naive(d, c),
-                "fwd+bwd": lambda x=x, w=w, b=b, cp=cp, d=dout: L.conv_backward_naive(
-                    d, L.conv_forward_naive(x, w, b, cp)[1]
-                ),
-            }
-        tor = {}
-        if torch is not None:
-            F_ = torch.nn.functional
-            xt = torch.from_numpy(x).requires_grad_()
-            wt = torch.from_numpy(w).requires_grad_()
-            bt = torch.from_numpy(b).requires_grad_()
-            dt_ = torch.from_numpy(dout)
-            graph = F_.conv2d(xt, wt, bt, stride=stride, padding=pad)
-
-            def t_fwd(xt=xt, wt=wt, bt=bt, s=stride, p=pad, F_=F_):
-                with torch.no_grad():
-                    F_.conv2d(xt, wt, bt, stride=s, padding=p)
-
-            def t_bwd(graph=graph, dt_=dt_, ts=(xt, wt, bt)):
-                for t in ts:
-                    t.grad = None
-                graph.backward(dt_, retain_graph=True)
-
-            def t_fb(xt=xt, wt=wt, bt=bt, s=stride, p=pad, dt_=dt_, F_=F_):
-                for t in (xt, wt, bt):
-                    t.grad = None
-                F_.conv2d(xt, wt, bt, stride=s, padding=p).backward(dt_)
-
-            tor = {"fwd": t_fwd, "bwd": t_bwd, "fwd+bwd": t_fb}
-        for what, fast, gemm in (
-            ("fwd", fast_fwd, gemm_fwd),
-            ("bwd", fast_bwd, gemm_bwd),
-            ("fwd+bwd", fast_fb, gemm_fb),
+        for what, fast, gemm in zip(
+            PHASES, (fast_fwd, fast_bwd, fast_fb), (gemm_fwd, gemm_bwd, gemm_fb), strict=True
         ):
-            cases.append(
-                {
-                    "group": "conv",
-                    "case": f"{label} {what}",
-                    "fast": fast,
-                    "gemm": gemm,
-                    "naive": naive.get(what),
-                    "torch": tor.get(what),
-                    "target": 1.3 if what == "fwd+bwd" else None,
-                }
-            )
-    del fast_layers
-    return cases
-
-
-def pool_cases(np, fl, L, torch, dtype, with_naive):
-    specs = [
-        ("pool 2x2 s2, x(100,3,32,32)", (100, 3, 32, 32), 2, 2),
-        ("pool 3x3 s2, x(100,3,32,32)", (100, 3, 32, 32), 3, 2),
-        ("pool 2x2 s2, x(50,32,32,32)", (50, 32, 32, 32), 2, 2),
-        ("pool 3x3 s2, x(50,32,32,32)", (50, 32, 32, 32), 3, 2),
-    ]
-    rng = np.random.default_rng(1)
-    cases = []
-    for label, xs, k, s in specs:
-        x = rng.standard_normal(xs).astype(dtype)
-        pp = {"pool_height": k, "pool_width": k, "stride": s}
+            engines[f"{label} {what}"] = {"fast": fast, "gemm": gemm}
+    for k, (label, xs, size, s) in enumerate(POOL_SPECS):
+        rng = np.random.default_rng(100 + k)
+        x = rng.standard_normal(xs).astype(np.float32)
+        pp = {"pool_height": size, "pool_width": size, "stride": s}
         out, cache = fl.max_pool_forward_fast(x, pp)
-        dout = rng.standard_normal(out.shape).astype(dtype)
-        fast = {
-            "fwd": lambda x=x, pp=pp: fl.max_pool_forward_fast(x, pp),
-            "bwd": lambda d=dout, c=cache: fl.max_pool_backward_fast(d, c),
-            "fwd+bwd": lambda x=x, pp=pp, d=dout: fl.max_pool_backward_fast(
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        fns = (
+            lambda x=x, pp=pp: fl.max_pool_forward_fast(x, pp),
+            lambda d=dout, c=cache: fl.max_pool_backward_fast(d, c),
+            lambda x=x, pp=pp, d=dout: fl.max_pool_backward_fast(
                 d, fl.max_pool_forward_fast(x, pp)[1]
             ),
+        )
+        for what, fn in zip(PHASES, fns, strict=True):
+            engines[f"{label} {what}"] = {"fast": fn}
+    for dtype, name in ((np.float32, "float32"), (np.float64, "float64")):
+        step = make_mlcore_step(np, dtype)
+        engines[f"ThreeLayerConvNet train step, batch 50, {name}"] = {"fast": step}
+    return engines
+
+
+def naive_engines(np):
+    from mlcore.nn import layers as L
+
+    engines = {}
+    for k, (label, xs, ws, stride, pad) in enumerate(CONV_SPECS):
+        rng, x, w, b = conv_data(np, xs, ws, k)
+        cp = {"stride": stride, "pad": pad}
+        out, cache = L.conv_forward_naive(x, w, b, cp)
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        fns = (
+            lambda x=x, w=w, b=b, cp=cp: L.conv_forward_naive(x, w, b, cp),
+            lambda d=dout, c=cache: L.conv_backward_naive(d, c),
+            lambda x=x, w=w, b=b, cp=cp, d=dout: L.conv_backward_naive(
+                d, L.conv_forward_naive(x, w, b, cp)[1]
+            ),
+        )
+        for what, fn in zip(PHASES, fns, strict=True):
+            engines[f"{label} {what}"] = {"naive": fn}
+    for k, (label, xs, size, s) in enumerate(POOL_SPECS):
+        rng = np.random.default_rng(100 + k)
+        x = rng.standard_normal(xs).astype(np.float32)
+        pp = {"pool_height": size, "pool_width": size, "stride": s}
+        out, cache = L.max_pool_forward_naive(x, pp)
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        fns = (
+            lambda x=x, pp=pp: L.max_pool_forward_naive(x, pp),
+            lambda d=dout, c=cache: L.max_pool_backward_naive(d, c),
+            lambda x=x, pp=pp, d=dout: L.max_pool_backward_naive(
+                d, L.max_pool_forward_naive(x, pp)[1]
+            ),
+        )
+        for what, fn in zip(PHASES, fns, strict=True):
+            engines[f"{label} {what}"] = {"naive": fn}
+    return engines
+
+
+def torch_engines(np, torch):
+    F_ = torch.nn.functional
+    engines = {}
+    for k, (label, xs, ws, stride, pad) in enumerate(CONV_SPECS):
+        rng, x, w, b = conv_data(np, xs, ws, k)
+        xt = torch.from_numpy(x).requires_grad_()
+        wt = torch.from_numpy(w).requires_grad_()
+        bt = torch.from_numpy(b).requires_grad_()
+        graph = F_.conv2d(xt, wt, bt, stride=stride, padding=pad)
+        dt_ = torch.from_numpy(rng.standard_normal(tuple(graph.shape)).astype(np.float32))
+
+        def t_fwd(xt=xt, wt=wt, bt=bt, s=stride, p=pad):
+            with torch.no_grad():
+                F_.conv2d(xt, wt, bt, stride=s, padding=p)
+
+        def t_bwd(graph=graph, dt_=dt_, ts=(xt, wt, bt)):
+            for t in ts:
+                t.grad = None
+            graph.backward(dt_, retain_graph=True)
+
+        def t_fb(xt=xt, wt=wt, bt=bt, s=stride, p=pad, dt_=dt_):
+            for t in (xt, wt, bt):
+                t.grad = None
+            F_.conv2d(xt, wt, bt, stride=s, padding=p).backward(dt_)
+
+        for what, fn in zip(PHASES, (t_fwd, t_bwd, t_fb), strict=True):
+            engines[f"{label} {what}"] = {"torch": fn}
+    for k, (label, xs, size, s) in enumerate(POOL_SPECS):
+        rng = np.random.default_rng(100 + k)
+        x = rng.standard_normal(xs).astype(np.float32)
+        xt = torch.from_numpy(x).requires_grad_()
+        graph = F_.max_pool2d(xt, size, s)
+        dt_ = torch.from_numpy(rng.standard_normal(tuple(graph.shape)).astype(np.float32))
+
+        def p_fwd(xt=xt, k=size, s=s):
+            with torch.no_grad():
+                F_.max_pool2d(xt, k, s)
+
+        def p_bwd(graph=graph, dt_=dt_, xt=xt):
+            xt.grad = None
+            graph.backward(dt_, retain_graph=True)
+
+        def p_fb(xt=xt, k=size, s=s, dt_=dt_):
+            xt.grad = None
+            F_.max_pool2d(xt, k, s).backward(dt_)
+
+        for what, fn in zip(PHASES, (p_fwd, p_bwd, p_fb), strict=True):
+            engines[f"{label} {what}"] = {"torch": fn}
+    for dtype, name in ((np.float32, "float32"), (np.float64, "float64")):
+        engines[f"ThreeLayerConvNet train step, batch 50, {name}"] = {
+            "torch": make_torch_step(torch, np, dtype)
         }
-        naive = {}
-        if with_naive:
-            ncache = L.max_pool_forward_naive(x, pp)[1]
-            naive = {
-                "fwd": lambda x=x, pp=pp: L.max_pool_forward_naive(x, pp),
-                "bwd": lambda d=dout, c=ncache: L.max_pool_backward_naive(d, c),
-                "fwd+bwd": lambda x=x, pp=pp, d=dout: L.max_pool_backward_naive(
-                    d, L.max_pool_forward_naive(x, pp)[1]
-                ),
-            }
-        tor = {}
-        if torch is not None:
-            F_ = torch.nn.functional
-            xt = torch.from_numpy(x).requires_grad_()
-            dt_ = torch.from_numpy(dout)
-            graph = F_.max_pool2d(xt, k, s)
-
-            def t_fwd(xt=xt, k=k, s=s, F_=F_):
-                with torch.no_grad():
-                    F_.max_pool2d(xt, k, s)
-
-            def t_bwd(graph=graph, dt_=dt_, xt=xt):
-                xt.grad = None
-                graph.backward(dt_, retain_graph=True)
-
-            def t_fb(xt=xt, k=k, s=s, dt_=dt_, F_=F_):
-                xt.grad = None
-                F_.max_pool2d(xt, k, s).backward(dt_)
-
-            tor = {"fwd": t_fwd, "bwd": t_bwd, "fwd+bwd": t_fb}
-        for what in ("fwd", "bwd", "fwd+bwd"):
-            cases.append(
-                {
-                    "group": "pool",
-                    "case": f"{label} {what}",
-                    "fast": fast[what],
-                    "gemm": None,
-                    "naive": naive.get(what),
-                    "torch": tor.get(what),
-                    "target": 2.0 if what == "fwd+bwd" else None,
-                }
-            )
-    return cases
+    return engines
 
 
 def make_mlcore_step(np, dtype, N=50, seed=0):
-    """One ThreeLayerConvNet training step (loss + grads + adam on every parameter), the
-    conv / pool layers of mlcore.nn.layer_utils pointed at the fast layers."""
-    from mlcore.nn import fast_layers as fl
-    from mlcore.nn import layer_utils
+    """One ThreeLayerConvNet training step as the Solver runs it: loss + grads + adam on
+    every parameter (layer_utils' default conv / pool: the fast layers)."""
     from mlcore.nn.cnn import ThreeLayerConvNet
     from mlcore.nn.optim import adam
 
-    layer_utils.conv_forward = fl.conv_forward_fast
-    layer_utils.conv_backward = fl.conv_backward_fast
-    layer_utils.max_pool_forward = fl.max_pool_forward_fast
-    layer_utils.max_pool_backward = fl.max_pool_backward_fast
     model = ThreeLayerConvNet(dtype=dtype, weight_scale=1e-2, seed=seed)
     configs = {k: {"learning_rate": 1e-3} for k in model.params}
     rng = np.random.default_rng(seed)
@@ -332,57 +331,35 @@ def make_torch_step(torch, np, dtype, N=50, seed=0):
     return step
 
 
-def step_cases(np, torch):
-    cases = []
-    for dtype, name in ((np.float32, "float32"), (np.float64, "float64")):
-        cases.append(
-            {
-                "group": "step",
-                "case": f"ThreeLayerConvNet train step, batch 50, {name}",
-                "fast": make_mlcore_step(np, dtype),
-                "gemm": None,
-                "naive": None,
-                "torch": make_torch_step(torch, np, dtype) if torch is not None else None,
-                "target": 1.5 if dtype == np.float32 else None,
-            }
-        )
-    return cases
-
-
 # --------------------------------------------------------------------------------------------
-# machine, output
+# worker: one engine per process, driven over stdin / stdout (one JSON object per line)
 
 
-def machine_info(np, torch, threads):
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def worker_info(np, torch, threads):
     info = {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "python": platform.python_version(),
+        "pid": os.getpid(),
         "numpy": np.__version__,
-        "threads": threads,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "env": {
             k: v
             for k, v in sorted(os.environ.items())
             if k.startswith(("OMP_", "OPENBLAS", "MKL_", "GOMP_"))
         },
-        "torch": getattr(torch, "__version__", None),
-        "loadavg_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
-    try:
-        from mlcore.nn import _fast
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    else:
+        try:
+            from mlcore.nn import _fast
 
-        info["mlcore_kernel_threads"] = _fast.get_num_threads()
-    except ImportError:
-        info["mlcore_kernel_threads"] = None
+            info["mlcore_kernel_threads"] = _fast.get_num_threads()
+        except ImportError:
+            info["mlcore_kernel_threads"] = None
+        import mlcore
+        from mlcore.nn import fast_layers as fl
+
+        info["mlcore"] = str(Path(mlcore.__file__).parent)
+        info["mlcore_extension_active"] = fl.extension_active()
     try:
         cfg = np.show_config(mode="dicts")
         blas = cfg["Build Dependencies"]["blas"]
@@ -399,34 +376,302 @@ def machine_info(np, torch, threads):
         ]
     except ImportError:
         info["threadpools"] = "threadpoolctl not installed"
-    if torch is not None:
-        info["torch_threads"] = torch.get_num_threads()
     return info
 
 
-def summarize(case):
-    med = {}
+def run_worker(args) -> int:
+    # the protocol owns the real stdout; anything a library prints goes to stderr
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    torch = None
+    if args.worker in ("mlcore", "naive"):
+        mlcore_settings(args.threads)
+        import numpy as np
+
+        sys.path.insert(0, str(args.mlcore_path or ROOT))
+        engines = mlcore_engines(np) if args.worker == "mlcore" else naive_engines(np)
+    else:
+        import numpy as np
+        import torch
+
+        torch.set_num_threads(args.threads)
+        engines = torch_engines(np, torch)
+
+    def reply(obj):
+        proto.write(json.dumps(obj) + "\n")
+
+    reply({"ready": sorted((c, sorted(e)) for c, e in engines.items())})
+    for line in sys.stdin:
+        msg = json.loads(line)
+        cmd = msg["cmd"]
+        if cmd == "quit":
+            break
+        if cmd == "info":
+            reply(worker_info(np, torch, args.threads))
+            continue
+        fn = engines[msg["case"]][msg["engine"]]
+        if cmd == "calibrate":
+            t0 = time.perf_counter()
+            fn()
+            first = time.perf_counter() - t0
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            one = max(time.perf_counter() - t0, 1e-7)
+            reply({"first": first, "one": one, "reps": max(1, int(msg["target"] / one))})
+        elif cmd == "time":
+            reps = msg["reps"]
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            reply({"seconds": (time.perf_counter() - t0) / reps})
+    return 0
+
+
+class Worker:
+    def __init__(self, kind, args):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind]
+        cmd += ["--threads", str(args.threads)]
+        if args.mlcore_path is not None:
+            cmd += ["--mlcore-path", str(args.mlcore_path.resolve())]
+        env = {**os.environ}
+        root = args.mlcore_path or ROOT
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        self.kind = kind
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        ready = self._read()
+        self.offers = {c: set(e) for c, e in ready["ready"]}
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.kind} worker exited (code {self.proc.wait()})")
+        return json.loads(line)
+
+    def ask(self, **msg):
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_case(case, workers, rounds, target, naive_rounds, gap):
+    """Samples per engine of one case: {engine: [seconds per call, one per round]}."""
+    slots = []  # (worker, engine, reps)
+    for w in workers:
+        for engine in sorted(w.offers.get(case, ())):
+            cal = w.ask(cmd="calibrate", case=case, engine=engine, target=target)
+            if engine == "naive" and cal["first"] > 20.0:
+                continue
+            slots.append((w, engine, cal["reps"]))
+            time.sleep(gap)
+    samples = {engine: [] for _, engine, _ in slots}
+    for r in range(rounds):
+        order = slots if r % 2 == 0 else slots[::-1]  # alternate who goes first
+        for w, engine, reps in order:
+            if engine == "naive" and len(samples[engine]) >= naive_rounds:
+                continue
+            samples[engine].append(
+                w.ask(cmd="time", case=case, engine=engine, reps=reps)["seconds"]
+            )
+            time.sleep(gap)
+    return samples
+
+
+# --------------------------------------------------------------------------------------------
+# profile of the mlcore step (in the mlcore worker's settings)
+
+
+def profile_step(reps: int, cpu: bool) -> dict:
+    """Median milliseconds of every phase of one ThreeLayerConvNet training step, each phase
+    run on its own on the inputs the real step gives it, and of the whole step; the Python
+    between the layers is the whole step minus the phases. ``cpu``: the calling thread's CPU
+    time (meant for one thread: robust on a loaded machine, where wall time also counts the
+    time the process waits for a core), else wall-clock time."""
+    clock = time.thread_time if cpu else time.perf_counter
+    import numpy as np
+
+    from mlcore.nn import fast_layers as fl
+    from mlcore.nn import layers as L
+    from mlcore.nn.cnn import ThreeLayerConvNet
+    from mlcore.nn.optim import adam
+
+    dt = np.float32
+    model = ThreeLayerConvNet(dtype=dt, weight_scale=1e-2, seed=0)
+    p = model.params
+    configs = {k: {"learning_rate": 1e-3} for k in p}
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 3, 32, 32)).astype(dt)
+    y = rng.integers(0, 10, 50)
+    cp, pp = model.conv_param, model.pool_param
+    N, F, HH, WW = 50, 32, 7, 7
+    K, P = 3 * HH * WW, 32 * 32
+
+    # the intermediate values of one step
+    # conv -> pool -> relu: what layer_utils.conv_relu_pool_forward computes
+    a, conv_cache = fl.conv_forward_fast(X, p["W1"], p["b1"], cp)
+    pooled, pool_cache = fl.max_pool_forward_fast(a, pp)
+    h1, _ = L.relu_forward(pooled)
+    z, fc2 = L.affine_forward(h1, p["W2"], p["b2"])
+    h2, _ = L.relu_forward(z)
+    scores, fc3 = L.affine_forward(h2, p["W3"], p["b3"])
+    _, dscores = L.softmax_loss(scores, y)
+    dh2, dW3, _ = L.affine_backward(dscores, fc3)
+    dz = L.relu_backward(dh2, z)
+    dh1, dW2, _ = L.affine_backward(dz, fc2)
+    dp = L.relu_backward(dh1, pooled)
+    da = fl.max_pool_backward_fast(dp, pool_cache)
+    cols = conv_cache.cols
+    wb = np.concatenate([p["W1"].reshape(F, K), p["b1"][:, None]], axis=1)
+    res = np.empty((F, N * P), dt)
+    nchw = np.empty((N, F, P), dt)
+    dflat = np.ascontiguousarray(da.reshape(N, F, P).transpose(1, 0, 2)).reshape(F, N * P)
+    grads = model.loss(X, y)[1]
+    dcols = np.empty((K, N * P), dt)
+    ext = fl._fast if fl.extension_active() else None
+
+    def im2col():
+        if ext is not None:
+            ext.im2col(X, cols.reshape(-1), HH, WW, 1, 3, 32, 32, N * P, P)
+
+    def col2im():
+        if ext is not None:
+            ext.col2im(dcols.reshape(-1), np.empty(X.shape, dt), HH, WW, 1, 3, 32, 32, N * P, P)
+
+    def full_step():
+        loss, g = model.loss(X, y)
+        for k, gk in g.items():
+            p[k], configs[k] = adam(p[k], gk, configs[k])
+
+    phases = [
+        ("conv1 fwd: im2col", "im2col", im2col),
+        ("conv1 fwd: GEMM", "GEMM", lambda: np.matmul(wb, cols.reshape(K + 1, -1), out=res)),
+        (
+            "conv1 fwd: (F, N*P) to NCHW",
+            "copies",
+            lambda: np.copyto(nchw, res.reshape(F, N, P).transpose(1, 0, 2)),
+        ),
+        ("conv1 fwd: whole layer", None, lambda: fl.conv_forward_fast(X, p["W1"], p["b1"], cp)),
+        ("pool fwd", "pool", lambda: fl.max_pool_forward_fast(a, pp)),
+        ("relu1 fwd (on the pooled array)", "relu", lambda: L.relu_forward(pooled)),
+        ("affine2 fwd (8192x100)", "affine", lambda: L.affine_forward(h1, p["W2"], p["b2"])),
+        ("relu2 fwd", "relu", lambda: L.relu_forward(z)),
+        ("affine3 fwd (100x10)", "affine", lambda: L.affine_forward(h2, p["W3"], p["b3"])),
+        ("softmax loss", "softmax", lambda: L.softmax_loss(scores, y)),
+        ("affine3 bwd", "affine", lambda: L.affine_backward(dscores, fc3)),
+        ("relu2 bwd", "relu", lambda: L.relu_backward(dh2, z)),
+        ("affine2 bwd", "affine", lambda: L.affine_backward(dz, fc2)),
+        ("relu1 bwd", "relu", lambda: L.relu_backward(dh1, pooled)),
+        ("pool bwd", "pool", lambda: fl.max_pool_backward_fast(dp, pool_cache)),
+        (
+            "conv1 bwd: dout to (F, N*P)",
+            "copies",
+            lambda: np.copyto(dflat.reshape(F, N, P), da.reshape(N, F, P).transpose(1, 0, 2)),
+        ),
+        ("conv1 bwd: GEMM [dw|db]", "GEMM", lambda: np.matmul(dflat, cols.reshape(K + 1, -1).T)),
+        (
+            "conv1 bwd: whole layer (no dx)",
+            None,
+            lambda: fl.conv_backward_fast(da, conv_cache.without_dx()),
+        ),
+        (
+            "(not run: conv1 dx GEMM)",
+            None,
+            lambda: np.matmul(p["W1"].reshape(F, K).T, dflat, out=dcols),
+        ),
+        ("(not run: conv1 col2im)", None, col2im),
+    ]
+    for k in p:
+        phases.append(
+            (f"adam {k} {p[k].shape}", "adam", lambda k=k: adam(p[k], grads[k], dict(configs[k])))
+        )
+    phases.append(("whole step", None, full_step))
+
+    def median_ms(fn):
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = clock()
+            fn()
+            times.append(clock() - t0)
+        return 1e3 * statistics.median(times)
+
+    rows, by_kind = [], {}
+    for name, kind, fn in phases:
+        ms = median_ms(fn)
+        rows.append({"phase": name, "kind": kind, "ms": ms})
+        if kind is not None:
+            by_kind[kind] = by_kind.get(kind, 0.0) + ms
+    step = rows[-1]["ms"]
+    # the whole conv layers' Python and allocation overhead beyond im2col + GEMM
+    fwd = next(r["ms"] for r in rows if r["phase"] == "conv1 fwd: whole layer")
+    bwd = next(r["ms"] for r in rows if r["phase"] == "conv1 bwd: whole layer (no dx)")
+    parts = sum(by_kind.values())
+    conv_parts = by_kind.get("im2col", 0.0) + sum(
+        r["ms"] for r in rows if r["phase"].startswith("conv1") and r["kind"] == "GEMM"
+    )
+    by_kind["glue"] = step - parts
+    return {
+        "clock": "thread CPU time" if cpu else "wall clock",
+        "threads": int(os.environ.get("OMP_NUM_THREADS", "0")),
+        "reps": reps,
+        "rows": rows,
+        "by_kind": by_kind,
+        "step_ms": step,
+        "conv_layers_ms": fwd + bwd,
+        "conv_parts_ms": conv_parts,
+    }
+
+
+def profile_markdown(prof) -> str:
+    lines = [
+        "| phase | ms (median) | share of step |",
+        "|---|---|---|",
+    ]
+    step = prof["step_ms"]
+    for r in prof["rows"]:
+        lines.append(f"| {r['phase']} | {r['ms']:.2f} | {100 * r['ms'] / step:.0f}% |")
+    lines += ["", "| kind | ms | share |", "|---|---|---|"]
+    for k, v in sorted(prof["by_kind"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {k} | {v:.2f} | {100 * v / step:.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+def summarize(name, group, kind, samples):
+    row = {"group": group, "case": name}
     for key in ("naive", "fast", "gemm", "torch"):
-        e = case.get("_" + key)
-        med[key] = statistics.median(e.samples) * 1e3 if e is not None and e.samples else None
-    row = {"group": case["group"], "case": case["case"]}
-    row.update({f"{k}_ms": v for k, v in med.items()})
-    fast_e, torch_e = case.get("_fast"), case.get("_torch")
-    if fast_e is not None and torch_e is not None and torch_e.samples:
-        ratios = [f / t for f, t in zip(fast_e.samples, torch_e.samples, strict=False)]
+        s = samples.get(key)
+        row[f"{key}_ms"] = statistics.median(s) * 1e3 if s else None
+    fast, tor = samples.get("fast"), samples.get("torch")
+    if fast and tor:
+        ratios = [f / t for f, t in zip(fast, tor, strict=False)]
         row["fast_over_torch"] = statistics.median(ratios)
         row["fast_over_torch_min"] = min(ratios)
         row["fast_over_torch_max"] = max(ratios)
-    if med["naive"] is not None and med["fast"]:
-        row["naive_over_fast"] = med["naive"] / med["fast"]
-    if med["gemm"] is not None and med["fast"]:
-        row["gemm_share"] = med["gemm"] / med["fast"]
-    row["target_fast_over_torch"] = case.get("target")
-    row["rounds"] = {
-        k: len(case["_" + k].samples)
-        for k in ("naive", "fast", "gemm", "torch")
-        if case.get("_" + k) is not None
-    }
+    if row["naive_ms"] is not None and row["fast_ms"]:
+        row["naive_over_fast"] = row["naive_ms"] / row["fast_ms"]
+    if row["gemm_ms"] is not None and row["fast_ms"]:
+        row["gemm_share"] = row["gemm_ms"] / row["fast_ms"]
+    row["target_fast_over_torch"] = TARGETS.get(kind)
+    if row["target_fast_over_torch"] is not None and row.get("fast_over_torch") is not None:
+        row["target_met"] = row["fast_over_torch"] <= row["target_fast_over_torch"]
+    row["rounds"] = {k: len(v) for k, v in samples.items()}
     return row
 
 
@@ -457,6 +702,11 @@ def table_rows(rows):
         if r.get("gemm_ms") is not None:
             gemm = f"{fmt_ms(r['gemm_ms'])} ({100 * r['gemm_share']:.0f}%)"
         target = r.get("target_fast_over_torch")
+        if target is None:
+            target_s = "-"
+        else:
+            met = r.get("target_met")
+            target_s = f"<= {target}" + ("" if met is None else (" met" if met else " NOT met"))
         out.append(
             [
                 r["case"],
@@ -465,7 +715,7 @@ def table_rows(rows):
                 gemm,
                 fmt_ms(r.get("torch_ms")),
                 ratio,
-                "-" if target is None else f"<= {target}",
+                target_s,
                 "-" if r.get("naive_over_fast") is None else f"{r['naive_over_fast']:.1f}",
             ]
         )
@@ -492,13 +742,19 @@ def print_table(header, rows, title):
 
 def markdown(header, rows, info, notes):
     lines = ["# mlcore fast layers benchmark", ""]
-    lines += [f"- {k}: {v}" for k, v in info.items() if k != "threadpools"]
-    if isinstance(info.get("threadpools"), list):
-        for d in info["threadpools"]:
-            lines.append(
-                f"- threadpool: {d['internal_api']} {d['version']} ({d['lib']}), "
-                f"{d['num_threads']} threads"
-            )
+    for k, v in info.items():
+        if k != "workers":
+            lines.append(f"- {k}: {v}")
+    for kind, w in info.get("workers", {}).items():
+        pools = w.get("threadpools")
+        desc = {k: v for k, v in w.items() if k != "threadpools"}
+        lines.append(f"- {kind} worker: {desc}")
+        if isinstance(pools, list):
+            for d in pools:
+                lines.append(
+                    f"  - threadpool: {d['internal_api']} {d['version']} ({d['lib']}), "
+                    f"{d['num_threads']} threads"
+                )
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     if notes:
@@ -506,8 +762,26 @@ def markdown(header, rows, info, notes):
     return "\n".join(lines) + "\n"
 
 
+def machine_info(threads):
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "threads_per_engine": threads,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 # --------------------------------------------------------------------------------------------
-# memory (child process, no torch)
+# memory (child process with the mlcore worker's settings, no torch)
 
 
 def peak_rss_bytes() -> int:
@@ -535,15 +809,9 @@ def memory_child(steps):
     X = rng.standard_normal((49_000, 3, 32, 32), dtype=np.float32)
     y = rng.integers(0, 10, 49_000)
     data_bytes = X.nbytes + y.nbytes
-    from mlcore.nn import fast_layers as fl
-    from mlcore.nn import layer_utils
     from mlcore.nn.cnn import ThreeLayerConvNet
     from mlcore.nn.optim import adam
 
-    layer_utils.conv_forward = fl.conv_forward_fast
-    layer_utils.conv_backward = fl.conv_backward_fast
-    layer_utils.max_pool_forward = fl.max_pool_forward_fast
-    layer_utils.max_pool_backward = fl.max_pool_backward_fast
     model = ThreeLayerConvNet(dtype=np.float32, weight_scale=1e-2, seed=0)
     configs = {k: {"learning_rate": 1e-3} for k in model.params}
     order = rng.permutation(len(X))
@@ -582,72 +850,91 @@ def measure_memory(threads, steps):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_profile(threads, reps):
+    env = {**os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, __file__, "--profile-child", "--threads", str(threads)]
+    cmd += ["--profile-reps", str(reps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 # --------------------------------------------------------------------------------------------
 
 
 def main(argv=None):
     args = parse_args(argv)
-    pin_threads(args.threads, args.wait_policy)
-    sys.path.insert(0, str(ROOT))
+    if args.worker:
+        return run_worker(args)
     if args.memory_child:
+        mlcore_settings(args.threads)
+        sys.path.insert(0, str(ROOT))
         memory_child(args.memory_steps)
         return 0
-
-    import numpy as np
-
-    torch = None
+    if args.profile_child:
+        mlcore_settings(args.threads)
+        sys.path.insert(0, str(ROOT))
+        print(json.dumps(profile_step(args.profile_reps, cpu=args.threads == 1)))
+        return 0
+    rounds = args.rounds or (3 if args.quick else 25)
+    target = 0.008 if args.quick else 0.025
+    naive_rounds = 1 if args.quick else 3
+    gap = 0.005 if args.quick else 0.02
     notes = []
+
+    kinds = ["mlcore"]
     if not args.no_torch:
         try:
-            import torch
+            import importlib.util
 
-            torch.set_num_threads(args.threads)
+            if importlib.util.find_spec("torch") is None:
+                raise ImportError
+            kinds.append("torch")
         except ImportError:
             notes.append("PyTorch is not installed: the torch column is skipped.")
-    from mlcore.nn import fast_layers as fl
-    from mlcore.nn import layers as L
-
-    if not fl.extension_active():
-        notes.append("the Cython extension is not active: 'fast' is the numpy fallback.")
-    rounds = args.rounds or (3 if args.quick else 25)
-    target = 0.003 if args.quick else 0.015
-    naive_rounds = 1 if args.quick else 3
-    with_naive = not args.no_naive
-
-    cases = []
-    cases += conv_cases(np, fl, L, torch, np.float32, with_naive)
-    cases += pool_cases(np, fl, L, torch, np.float32, with_naive)
-    try:
-        cases += step_cases(np, torch)
-    except ImportError as exc:
-        notes.append(f"ThreeLayerConvNet step skipped: {exc}")
+    if not args.no_naive:
+        kinds.append("naive")
 
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    workers = []
     rows = []
-    for case in cases:
-        engines = []
-        for key in ("naive", "fast", "gemm", "torch"):
-            fn = case.get(key)
-            if fn is not None:
-                e = Engine(key, fn, max_rounds=naive_rounds if key == "naive" else None)
-                case["_" + key] = e
-                engines.append(e)
-        run_case(engines, rounds, target)
-        rows.append(summarize(case))
-        print(f"  {case['case']}: fast {fmt_ms(rows[-1]['fast_ms'])} ms", file=sys.stderr)
+    try:
+        for kind in kinds:
+            workers.append(Worker(kind, args))
+        info = machine_info(args.threads)
+        info["workers"] = {w.kind: w.ask(cmd="info") for w in workers}
+        if not info["workers"]["mlcore"].get("mlcore_extension_active"):
+            notes.append("the Cython extension is not active: 'fast' is the numpy fallback.")
+        for name, group, kind in case_list():
+            if args.only and args.only not in name:
+                continue
+            samples = run_case(name, workers, rounds, target, naive_rounds, gap)
+            rows.append(summarize(name, group, kind, samples))
+            r = rows[-1]
+            ratio = r.get("fast_over_torch")
+            print(
+                f"  {name}: fast {fmt_ms(r['fast_ms'])} ms, torch {fmt_ms(r['torch_ms'])} ms"
+                + ("" if ratio is None else f", ratio {ratio:.2f}"),
+                file=sys.stderr,
+            )
+    finally:
+        for w in workers:
+            w.close()
 
-    info = machine_info(np, torch, args.threads)
-    info = {**info, "loadavg_at_start": load_start}
+    info["loadavg_at_start"] = load_start
+    info["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     notes.append(
-        "float32 for the layer rows; ratios are per round (engines interleaved), median "
-        "(min-max); GEMM = the np.matmul calls of the fast conv alone on its own column "
-        "matrix (forward: one batched matmul, a GEMM per image; backward: 2 GEMMs)."
+        "float32 unless stated; every engine in its own process (mlcore: OMP_WAIT_POLICY="
+        "passive and OMP/OPENBLAS threads pinned; torch: only torch.set_num_threads); rounds "
+        "alternate between the processes; ms = median over rounds; fast/torch = median of the "
+        "per-round ratios (min-max); GEMM = the np.matmul calls of the fast conv alone on its "
+        "own column matrix (forward: one GEMM over all images; backward: the [dw|db] and the "
+        "column gradient GEMMs)."
     )
     notes.append(
         "torch step: Conv2d/ReLU/MaxPool2d/Linear/ReLU/Linear + CrossEntropyLoss + Adam; "
-        "mlcore step: mlcore.nn.cnn.ThreeLayerConvNet.loss with layer_utils pointed at the "
-        "fast layers + mlcore.nn.optim.adam per parameter. torch does not compute the input "
-        "gradient of the first conv; the mlcore conv backward always returns dx."
+        "mlcore step: mlcore.nn.cnn.ThreeLayerConvNet.loss + mlcore.nn.optim.adam per "
+        "parameter. Neither computes the input gradient of the first conv."
     )
     result = {"machine": info, "rows": rows, "notes": notes, "rounds": rounds}
     if args.memory:
@@ -661,7 +948,10 @@ def main(argv=None):
             f"{mem['maxrss_growth_bytes'] / 2**20:.0f} MiB ({mem['seconds']:.1f} s)."
         )
     header, trows = table_rows(rows)
-    title = f"mlcore fast layers vs naive vs PyTorch CPU ({args.threads} threads, {rounds} rounds)"
+    title = (
+        f"mlcore fast layers vs naive vs PyTorch CPU, separate processes "
+        f"({args.threads} threads each, {rounds} rounds)"
+    )
     print_table(header, trows, title)
     for n in notes:
         print("note:", n)
@@ -669,6 +959,19 @@ def main(argv=None):
     (args.out / "layers.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "layers.md").write_text(markdown(header, trows, info, notes))
     print(f"wrote {args.out / 'layers.json'} and {args.out / 'layers.md'}")
+    if args.profile:
+        # one thread, CPU time: where the work goes, whatever else the machine runs; and the
+        # engine's thread count, wall clock
+        profs = [run_profile(t, 5 if args.quick else 30) for t in sorted({1, args.threads})]
+        (args.out / "profile.json").write_text(json.dumps(profs, indent=2) + "\n")
+        text = "\n".join(
+            f"### {p['threads']} thread(s), {p['clock']}, median of {p['reps']}\n\n"
+            + profile_markdown(p)
+            for p in profs
+        )
+        (args.out / "profile.md").write_text(text)
+        print(text)
+        print(f"wrote {args.out / 'profile.json'} and {args.out / 'profile.md'}")
     return 0
 
 

@@ -29,6 +29,9 @@ os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# mlcore's fast layers: idle OpenMP threads sleep instead of spinning on the cores the next
+# BLAS call needs (read when libgomp loads; mlcore itself changes no process-wide setting).
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402

@@ -489,3 +489,40 @@ def test_concurrent_calls_match_serial():
                 np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max())
             for a, b in zip(expect[4:], got[4:], strict=True):
                 np.testing.assert_array_equal(b, a)
+
+
+def test_backward_without_dx_skips_only_dx(engine):
+    """A cache passed through without_dx() gives dx = None and the very same dw, db; the
+    sandwich's need_dx=False does the same for the fast layers and is ignored by the naive
+    ones (their cache has no without_dx)."""
+    from mlcore.nn import layer_utils
+    from mlcore.nn.layers import conv_backward_naive as cbn
+    from mlcore.nn.layers import conv_forward_naive as cfn
+
+    rng = np.random.default_rng(8)
+    x, w, b = rng.standard_normal((3, 2, 9, 8)), rng.standard_normal((4, 2, 3, 3)), np.ones(4)
+    cp, pp = {"stride": 1, "pad": 1}, {"pool_height": 2, "pool_width": 2, "stride": 2}
+    out, cache = fl.conv_forward_fast(x, w, b, cp)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = fl.conv_backward_fast(dout, cache)
+    none, dw2, db2 = fl.conv_backward_fast(dout, cache.without_dx())
+    assert none is None and dx is not None
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(db2, db)
+    assert rel_error(dw, cbn(dout, cfn(x, w, b, cp)[1])[1]) <= 1e-9
+
+    out, cache = layer_utils.conv_relu_pool_forward(x, w, b, cp, pp)
+    dout = rng.standard_normal(out.shape)
+    full = layer_utils.conv_relu_pool_backward(dout, cache)
+    skip = layer_utils.conv_relu_pool_backward(dout, cache, need_dx=False)
+    assert skip[0] is None and full[0].shape == x.shape
+    np.testing.assert_array_equal(skip[1], full[1])
+    np.testing.assert_array_equal(skip[2], full[2])
+    naive_cache = (cfn(x, w, b, cp)[1], *cache[1:])
+    saved = layer_utils.conv_backward
+    try:
+        layer_utils.conv_backward = cbn
+        ndx, ndw, _ = layer_utils.conv_relu_pool_backward(dout, naive_cache, need_dx=False)
+    finally:
+        layer_utils.conv_backward = saved
+    assert rel_error(ndx, full[0]) <= 1e-9 and rel_error(ndw, full[1]) <= 1e-9

@@ -24,6 +24,7 @@ touched, so a mismatched call cannot read or write outside the arrays.
 """
 
 from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 
@@ -143,15 +144,14 @@ def im2col(const floating_t[:, :, :, ::1] x, floating_t[::1] cols,
                         h = i * stride - pad + kh
                         dst = base + i * Wo
                         if h < 0 or h >= H:
-                            for j in range(Wo):
-                                cols[dst + j] = 0
+                            memset(&cols[dst], 0, Wo * sizeof(floating_t))
                         else:
                             for j in range(lo):
                                 cols[dst + j] = 0
-                            if stride == 1:
-                                src = off
-                                for j in range(lo, hi):
-                                    cols[dst + j] = x[n, c, h, j + src]
+                            if stride == 1:  # a contiguous run of the input row
+                                if hi > lo:
+                                    memcpy(&cols[dst + lo], &x[n, c, h, lo + off],
+                                           (hi - lo) * sizeof(floating_t))
                             else:
                                 for j in range(lo, hi):
                                     cols[dst + j] = x[n, c, h, j * stride + off]
@@ -269,3 +269,71 @@ def maxpool_backward(const floating_t[:, :, :, ::1] dout, const cnp.int32_t[:, :
                         dx[n, c, k] += dout[n, c, i, j]
     if bad:
         raise ValueError("pooling indices out of range (cache does not match dout)")
+
+
+cdef extern from *:
+    """
+    /* One Adam step over [lo, hi): plain C loops the compiler vectorises (GCC ivdep: no
+       dependence between iterations; the outputs may be the inputs, element for element).
+       Built with -ffp-contract=off, so every operation rounds like numpy's. */
+    #define MLCORE_ADAM(NAME, T, SQRT)                                                    \
+    static void NAME(const T* w, const T* dw, const T* m, const T* v, T* nw, T* nm, T* nv, \
+                     Py_ssize_t lo, Py_ssize_t hi, T b1, T c1, T b2, T c2, T k1, T k2,     \
+                     T lr, T eps) {                                                        \
+        _Pragma("GCC ivdep")                                                               \
+        for (Py_ssize_t i = lo; i < hi; i++) {                                             \
+            T g = dw[i];                                                                   \
+            T mi = b1 * m[i] + c1 * g;                                                     \
+            T vi = b2 * v[i] + c2 * (g * g);                                               \
+            nw[i] = w[i] - (lr * (mi / k1)) / (SQRT(vi / k2) + eps);                       \
+            nm[i] = mi;                                                                    \
+            nv[i] = vi;                                                                    \
+        }                                                                                  \
+    }
+    #include <math.h>
+    MLCORE_ADAM(mlcore_adam_f, float, sqrtf)
+    MLCORE_ADAM(mlcore_adam_d, double, sqrt)
+    """
+    void mlcore_adam_f(const float* w, const float* dw, const float* m, const float* v,
+                       float* nw, float* nm, float* nv, Py_ssize_t lo, Py_ssize_t hi,
+                       float b1, float c1, float b2, float c2, float k1, float k2, float lr,
+                       float eps) noexcept nogil
+    void mlcore_adam_d(const double* w, const double* dw, const double* m, const double* v,
+                       double* nw, double* nm, double* nv, Py_ssize_t lo, Py_ssize_t hi,
+                       double b1, double c1, double b2, double c2, double k1, double k2,
+                       double lr, double eps) noexcept nogil
+
+
+def adam_update(const floating_t[::1] w, const floating_t[::1] dw, const floating_t[::1] m,
+                const floating_t[::1] v, floating_t[::1] next_w, floating_t[::1] next_m,
+                floating_t[::1] next_v, double beta1, double beta2, double lr, double eps,
+                long t):
+    """One Adam step in one pass, element by element in the arrays' own precision and in the
+    order of the course's numpy expression (every Python scalar rounded to the array dtype
+    first, as numpy does), so the result equals that expression bit for bit:
+    m' = b1*m + (1-b1)*dw, v' = b2*v + (1-b2)*(dw*dw),
+    w' = w - (lr * (m' / (1-b1**t))) / (sqrt(v' / (1-b2**t)) + eps).
+    The outputs may be the inputs (in place) or fresh arrays. Split over threads in fixed
+    chunks: every element's arithmetic is the same whatever the thread count."""
+    cdef Py_ssize_t n = w.shape[0], chunk, k, lo, hi, nchunks
+    if dw.shape[0] != n or m.shape[0] != n or v.shape[0] != n or next_w.shape[0] != n or \
+            next_m.shape[0] != n or next_v.shape[0] != n:
+        raise ValueError("adam_update: arrays of different sizes")
+    if n == 0:
+        return
+    cdef double k1 = 1.0 - beta1 ** t, k2 = 1.0 - beta2 ** t
+    chunk = 32768
+    nchunks = (n + chunk - 1) // chunk
+    with nogil:
+        for k in prange(nchunks, schedule="static", num_threads=_threads_for(nchunks)):
+            lo = k * chunk
+            hi = lo + chunk if lo + chunk < n else n
+            if floating_t is float:
+                mlcore_adam_f(&w[0], &dw[0], &m[0], &v[0], &next_w[0], &next_m[0],
+                              &next_v[0], lo, hi, <float>beta1, <float>(1.0 - beta1),
+                              <float>beta2, <float>(1.0 - beta2), <float>k1, <float>k2,
+                              <float>lr, <float>eps)
+            else:
+                mlcore_adam_d(&w[0], &dw[0], &m[0], &v[0], &next_w[0], &next_m[0],
+                              &next_v[0], lo, hi, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
+                              k1, k2, lr, eps)

@@ -104,14 +104,20 @@ class ThreeLayerConvNet:
 
         data_loss, dscores = softmax_loss(scores, y)
         weights = [p["W1"], p["W2"], p["W3"]]
-        loss = data_loss + 0.5 * self.reg * sum(float(np.sum(w * w)) for w in weights)
+        loss = data_loss
+        if self.reg:  # (reg = 0: no passes over the weights)
+            loss += 0.5 * self.reg * sum(float(np.sum(w * w)) for w in weights)
 
         grads = {}
         dh2, grads["W3"], grads["b3"] = affine_backward(dscores, cache3)
         dh1, grads["W2"], grads["b2"] = layer_utils.affine_relu_backward(dh2, cache2)
-        _, grads["W1"], grads["b1"] = layer_utils.conv_relu_pool_backward(dh1, cache1)
-        for name in ("W1", "W2", "W3"):
-            grads[name] = grads[name] + self.reg * p[name]
+        # the data needs no gradient: the first conv skips its dx
+        _, grads["W1"], grads["b1"] = layer_utils.conv_relu_pool_backward(
+            dh1, cache1, need_dx=False
+        )
+        if self.reg:
+            for name in ("W1", "W2", "W3"):
+                grads[name] = grads[name] + self.reg * p[name]
         return float(loss), grads
 
     def predict(self, X, batch_size=100):

@@ -6,8 +6,7 @@
   The Cython extension :mod:`mlcore.nn._fast` builds the column matrix directly in the
   layout the GEMMs want, (C*HH*WW + 1, N, H'*W'), with the zero padding handled inside the
   kernel (no padded copy of the input) and a last row of ones that carries the bias. The
-  forward is one batched ``np.matmul`` (a GEMM per image on a strided slice of the columns)
-  writing the output straight into its NCHW array: no transpose, no separate bias pass. The
+  forward is one GEMM over all images (no separate bias pass) and one copy into NCHW. The
   columns stay in the cache; the backward copies dout to (F, N*H'*W') once and runs two
   single large GEMMs, [dw | db] = dout @ cols^T (the ones row gives db) and the column
   gradient w^T @ dout (into a reused per-thread scratch buffer), which ``col2im`` sums
@@ -26,8 +25,8 @@ variable ``MLCORE_NO_EXTENSION=1`` set at import, or after ``use_extension(False
 functions run a vectorised numpy implementation and warn once per process.
 ``HAVE_EXTENSION`` says whether the extension could be imported.
 
-Importing this module sets ``OMP_WAIT_POLICY=passive`` in the environment unless
-``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is already set (see the comment at the import).
+Importing this module changes no process-wide state: the entry points set
+``OMP_WAIT_POLICY=passive`` (see the comment at the import).
 """
 
 from __future__ import annotations
@@ -41,13 +40,11 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-# The kernels' OpenMP threads alternate with numpy's OpenBLAS threads (im2col, GEMM, col2im):
-# OpenMP threads that keep spinning after a parallel region take the cores the next GEMM
-# needs, which on a busy machine made a conv 2-10x slower. Unless the user chose a policy,
-# let idle OpenMP threads sleep (libgomp reads this when it is loaded, i.e. with _fast).
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "passive"
-
+# Importing this module changes nothing in the process (no environment variable, thread pool
+# or warning filter). The kernels' OpenMP threads alternate with numpy's OpenBLAS threads, and
+# OpenMP threads that spin after a parallel region take the cores the next GEMM needs: the
+# entry points (the CLI, bench/layers.py's mlcore worker) set OMP_WAIT_POLICY=passive before
+# anything loads libgomp; see README "Fast layers and their benchmark".
 try:  # the compiled kernels
     from mlcore.nn import _fast
 except ImportError:  # pragma: no cover - depends on the build
@@ -122,6 +119,12 @@ class _ConvCache(NamedTuple):
     stride: int
     pad: int
     cols: np.ndarray  # (C*HH*WW + 1, N, Ho*Wo): receptive fields, then a row of ones
+    need_dx: bool = True
+
+    def without_dx(self) -> _ConvCache:
+        """The same cache, but its backward skips the input gradient and returns dx = None
+        (for a first layer, whose input, the data, needs no gradient)."""
+        return self._replace(need_dx=False)
 
 
 _scratch = threading.local()
@@ -243,17 +246,22 @@ def conv_forward_fast(x, w, b, conv_param):
     wb[:, :K] = wc.reshape(F, K)
     wb[:, K] = b
     out = np.empty((N, F, Ho, Wo), dtype=dt)
-    # a GEMM per image, (F, K + 1) @ (K + 1, P) on the strided slice cols[:, n, :], written
-    # straight into NCHW (no transpose, no bias pass)
-    np.matmul(wb, cols.transpose(1, 0, 2), out=out.reshape(N, F, P))
+    # one GEMM over all images, (F, K + 1) @ (K + 1, N * P), then one copy into NCHW. (A GEMM
+    # per image writes NCHW directly, but N small threaded BLAS calls each wait for every
+    # BLAS thread: on a loaded machine, where a thread waits for a core, that made the
+    # forward 4x slower than this single call.)
+    res = _scratch_array("fwd", (F, N * P), dt)
+    np.matmul(wb, cols.reshape(K + 1, N * P), out=res)
+    np.copyto(out.reshape(N, F, P), res.reshape(F, N, P).transpose(1, 0, 2))
     return out, _ConvCache(x.shape, wc, stride, pad, cols)
 
 
 def conv_backward_fast(dout, cache):
-    """dout (N, F, H', W') -> dx (N, C, H, W), dw (F, C, HH, WW), db (F,)."""
+    """dout (N, F, H', W') -> dx (N, C, H, W), dw (F, C, HH, WW), db (F,). dx is None
+    when the cache came through ``cache.without_dx()``."""
     if not isinstance(cache, _ConvCache):
         raise ValueError("conv_backward_fast: cache must be what conv_forward_fast returned")
-    x_shape, wc, stride, pad, cols = cache
+    x_shape, wc, stride, pad, cols, need_dx = cache
     N, C, H, W = x_shape
     F, _, HH, WW = wc.shape
     K1, _, P = cols.shape
@@ -277,6 +285,8 @@ def conv_backward_fast(dout, cache):
     dwb = np.matmul(dflat, cols.reshape(K1, N * P).T)
     dw = dwb[:, :K].reshape(wc.shape)
     db = dwb[:, K].copy()
+    if not need_dx:
+        return None, dw, db
     dcols = _scratch_array("dcols", (K, N * P), gdt)
     np.matmul(wc.reshape(F, K).T, dflat, out=dcols)
     dx = _col2im(dcols, x_shape, HH, WW, stride, pad, Ho, Wo, gdt)

@@ -92,16 +92,24 @@ def conv_bn_relu_backward(dout, cache):
 
 
 def conv_relu_pool_forward(x, w, b, conv_param, pool_param):
-    """conv -> relu -> max pool. Returns out (N, F, H'', W''), cache."""
+    """conv -> relu -> max pool. Returns out (N, F, H'', W''), cache.
+
+    Computed as conv -> max pool -> relu, the same values and gradients (relu is monotone:
+    max(relu(a)) = relu(max(a)); where a window's maximum is not positive both orders pass it
+    no gradient), with the relu on the pooled array, a quarter of the size for 2x2 pooling."""
     a, conv_cache = conv_forward(x, w, b, conv_param)
-    s, relu_cache = relu_forward(a)
-    out, pool_cache = max_pool_forward(s, pool_param)
+    p, pool_cache = max_pool_forward(a, pool_param)
+    out, relu_cache = relu_forward(p)
     return out, (conv_cache, relu_cache, pool_cache)
 
 
-def conv_relu_pool_backward(dout, cache):
-    """dout: (N, F, H'', W''). Returns dx, dw, db."""
+def conv_relu_pool_backward(dout, cache, need_dx=True):
+    """dout: (N, F, H'', W''). Returns dx, dw, db. With need_dx=False (the input is data that
+    needs no gradient) the fast conv skips the input gradient and dx is None; a conv cache
+    without ``without_dx`` (the naive layers') computes it anyway."""
     conv_cache, relu_cache, pool_cache = cache
-    ds = max_pool_backward(dout, pool_cache)
-    da = relu_backward(ds, relu_cache)
+    dp = relu_backward(dout, relu_cache)
+    da = max_pool_backward(dp, pool_cache)
+    if not need_dx and hasattr(conv_cache, "without_dx"):
+        conv_cache = conv_cache.without_dx()
     return conv_backward(da, conv_cache)

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+try:  # the compiled kernels (a one-pass adam)
+    from mlcore.nn import _fast
+except ImportError:  # pragma: no cover - depends on the build
+    _fast = None
+
 
 def sgd(w, dw, config=None):
     """Vanilla SGD. config: learning_rate (1e-2)."""
@@ -48,7 +53,11 @@ def rmsprop(w, dw, config=None):
 
 def adam(w, dw, config=None):
     """Adam with bias correction. config: learning_rate (1e-3), beta1 (0.9), beta2 (0.999),
-    epsilon (1e-8), m and v (zeros; moment estimates), t (0; incremented before use)."""
+    epsilon (1e-8), m and v (zeros; moment estimates), t (0; incremented before use).
+
+    With the compiled extension the step is one fused pass (``mlcore.nn._fast.adam_update``)
+    equal bit for bit to the numpy expression below; it updates config's m and v arrays in
+    place (they are the rule's state) and returns a fresh next_w."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-3)
     config.setdefault("beta1", 0.9)
@@ -61,6 +70,11 @@ def adam(w, dw, config=None):
     v = np.zeros_like(w) if v is None else v
     beta1, beta2 = config["beta1"], config["beta2"]
     t = config["t"] + 1
+    fused = _adam_fused(w, dw, m, v, t, config)
+    if fused is not None:
+        next_w, m, v = fused
+        config.update(m=m, v=v, t=t)
+        return next_w, config
     m = (beta1 * m + (1 - beta1) * dw).astype(w.dtype, copy=False)
     v = (beta2 * v + (1 - beta2) * dw**2).astype(w.dtype, copy=False)
     m_hat = m / (1 - beta1**t)
@@ -68,3 +82,40 @@ def adam(w, dw, config=None):
     next_w = w - config["learning_rate"] * m_hat / (np.sqrt(v_hat) + config["epsilon"])
     config.update(m=m, v=v, t=t)
     return next_w.astype(w.dtype, copy=False), config
+
+
+def _adam_fused(w, dw, m, v, t, config):
+    """The adam step of the expression in :func:`adam` in one pass of the compiled kernel,
+    equal to it bit for bit, or None where the kernel does not apply (extension not built or
+    switched off, mixed dtypes or shapes, non-contiguous arrays, hyper-parameters that are not
+    plain Python numbers: numpy would round those differently). Returns fresh arrays
+    (next_w, m, v): next_w is a fresh array (w is not changed); m and v, the rule's own state,
+    are updated in place when they are writeable contiguous arrays (saving the page faults of
+    two fresh arrays per step), else fresh too."""
+    from mlcore.nn import fast_layers
+
+    if _fast is None or not fast_layers.extension_active():
+        return None
+    dt = w.dtype
+    if dt not in (np.float32, np.float64) or not all(
+        isinstance(a, np.ndarray) and a.dtype == dt and a.shape == w.shape for a in (dw, m, v)
+    ):
+        return None
+    hyper = [config[k] for k in ("beta1", "beta2", "learning_rate", "epsilon")]
+    if not all(type(h) in (float, int) for h in hyper) or type(t) is not int:
+        return None
+    flat = [np.ascontiguousarray(a).reshape(-1) for a in (w, dw, m, v)]
+    next_w = np.empty_like(w, order="C")
+    next_m, next_v = (
+        a if a.flags.c_contiguous and a.flags.writeable else np.empty_like(w, order="C")
+        for a in (m, v)
+    )
+    _fast.adam_update(
+        *flat,
+        next_w.reshape(-1),
+        next_m.reshape(-1),
+        next_v.reshape(-1),
+        *(float(h) for h in hyper),
+        t,
+    )
+    return next_w, next_m, next_v

@@ -161,3 +161,35 @@ def test_rules_keep_float32(rule):
     for value in config.values():
         if isinstance(value, np.ndarray):
             assert value.dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_adam_equals_the_numpy_expression_bit_for_bit(dtype):
+    """The compiled one-pass adam rounds every operation like the numpy expression: equal
+    bit for bit over several steps, on sizes below and across its thread chunks."""
+    from mlcore.nn import fast_layers as fl
+
+    if not fl.HAVE_EXTENSION:
+        pytest.skip("mlcore.nn._fast is not built")
+    rng = np.random.default_rng(3)
+    for shape in [(3, 4), (32, 3, 7, 7), (70001,)]:
+        w0 = rng.standard_normal(shape).astype(dtype)
+        grads = [(10.0 ** rng.integers(-6, 2)) * rng.standard_normal(shape) for _ in range(4)]
+        results = {}
+        for use in (True, False):
+            previous = fl.use_extension(use)
+            try:
+                w, config = w0.copy(), {"learning_rate": 3e-3}
+                for g in grads:
+                    w_before = w.copy()
+                    next_w, config = adam(w, g.astype(dtype), config)
+                    np.testing.assert_array_equal(w, w_before)  # w itself is not changed
+                    w = next_w
+                results[use] = (w, config["m"], config["v"], config["t"])
+            finally:
+                fl.use_extension(previous)
+        fused, reference = results[True], results[False]
+        assert fused[0].dtype == dtype and fused[3] == reference[3] == 4
+        for a, b in zip(fused[:3], reference[:3], strict=True):
+            assert a.tobytes() == b.tobytes(), shape
+        assert not np.array_equal(fused[0], w0)
