@@ -94,15 +94,28 @@ def task_runner(runner: str, workers: int | None, dask_address: str | None):
         "n_workers": cores, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
         "dashboard_address": None, "env": one_thread,
     }  # fmt: skip
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster), cores
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster), None
+
+
+def connect(dask_runner) -> int:
+    """Start (or connect to) the Dask task runner's cluster; return its worker threads.
+
+    distributed's nanny writes its ``pre-spawn-environ`` (OMP_NUM_THREADS=1, ...) into this
+    process's environment before spawning each worker and leaves it there: it is put back, so
+    only the workers run with one thread."""
+    saved = dict(os.environ)
+    try:
+        return max(sum(dask_runner.client.nthreads().values()), 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _dask_width() -> int:
     """Worker threads of the Dask cluster this flow's task runner is connected to."""
     from prefect.context import FlowRunContext
 
-    client = FlowRunContext.get().task_runner.client
-    return max(sum(client.nthreads().values()), 1)
+    return connect(FlowRunContext.get().task_runner)
 
 
 def _api_url() -> str:
@@ -136,6 +149,7 @@ def run_sweep(
                 "options (--runner, --workers, --dask-address)"
             )
         config = _sweep_config(resume)
+        _check_resumable(resume, config)
     else:
         if experiment is None:
             raise ValueError("give the EXPERIMENT to sweep (housing or convnet), or --resume")
@@ -173,6 +187,17 @@ def _sweep_config(run_id: str) -> dict[str, Any]:
     if text is None:
         raise ValueError(f"--resume: MLflow run {run_id} is not a sweep's run")
     return json.loads(text)
+
+
+def _check_resumable(run_id: str, config: dict) -> None:
+    asked = tracking.load_json(run_id, TRIALS_FILE)
+    reported = get_experiment(config["experiment"]).reported
+    done = _finished_trials(run_id, config["metric"], reported)
+    if len(asked) >= config["trials"] and all(rec["number"] in done for rec in asked):
+        raise ValueError(
+            f"--resume: every trial of the sweep {run_id} has a finished child run; "
+            "nothing to resume"
+        )
 
 
 @flow(name="hyperparameter_sweep", log_prints=True)
@@ -274,7 +299,7 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
                         if value is not None
                         else optuna.trial.TrialState.FAIL
                     )
-                    study.tell(rec["optuna"], value, state=state)
+                    _tell(study, rec["optuna"], value, state)
                 else:
                     _add(study, space, rec, value)
                 if outcome["state"] == "LOST":
@@ -302,6 +327,16 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
         tracking.set_tags(run_id, {"failed_trials": ",".join(str(t["number"]) for t in failed)})
     result["registered"] = _register(config, record["best"], metric, higher, run_id)
     return result
+
+
+def _tell(study: optuna.Study, trial, value: float | None, state) -> None:
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as exc:
+        # GridSampler calls Study.stop once its grid is done, which raises outside optimize();
+        # the trial is already recorded by then
+        if "Study.stop" not in str(exc):
+            raise
 
 
 def _outcome(rec: dict, future) -> dict[str, Any]:

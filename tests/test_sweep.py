@@ -106,7 +106,7 @@ def test_housing_grid_sweep_is_the_same_sequentially_and_on_threads(
               "--workers", "2"], env={"COLUMNS": "200"},
     )  # fmt: skip
     assert out.exit_code == 0, out.output
-    last = out.output.strip().splitlines()[-1]
+    last = out.stdout.strip().splitlines()[-1]  # MLflow's own messages go to stderr
     assert last.startswith("MLflow run id: ")
     thr_id = last.split()[-1]
     client = MlflowClient()
@@ -179,3 +179,24 @@ def test_seeded_random_and_tpe_sweeps_propose_the_same_trials(
         assert asked(first) != asked(other)
     tags = MlflowClient().get_run(first["run_id"]).data.tags
     assert tags["mlcore.sampler"] == sampler
+
+
+def test_failed_trials_are_recorded_and_a_sweep_of_only_failures_fails(
+    prefect_harness, data_env, mlflow_store
+):
+    out = runner.invoke(
+        app, ["sweep", "convnet", "--param", "lr=1e-3,1e-2", "--set", "num_train=5000"]
+    )
+    assert out.exit_code == 1, out.output
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: every trial failed; first: trial 0: ValueError: num_train "
+                           "must be in [1, 1197], got 5000"), out.output  # fmt: skip
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("convnet")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`mlcore.sweep` = 'true'")
+    assert parent.info.status == "FAILED"
+    runs = trial_runs(parent.info.run_id)
+    assert sorted(runs) == [0, 1] and {r.info.status for r in runs.values()} == {"FAILED"}
+    board = pd.read_csv(client.download_artifacts(parent.info.run_id, "leaderboard.csv"))
+    assert list(board["state"]) == ["FAIL", "FAIL"]
+    assert board["error"].str.contains("num_train must be in").all()

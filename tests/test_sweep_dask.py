@@ -12,8 +12,11 @@ from pathlib import Path
 import psutil
 import pytest
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
-from flows.sweep import run_sweep, task_runner
+from flows.cli import app
+from flows.sweep import connect, run_sweep, task_runner
+from tests.conftest import one_line_error
 from tests.test_sweep import trial_runs
 
 DASK = str(Path(sys.executable).parent / "dask")
@@ -38,8 +41,10 @@ def assert_complete(run_id, n):
     for r in runs.values():
         assert r.info.status == "FINISHED"
         assert {"best_val_acc", "test_acc", "final_train_acc"} <= set(r.data.metrics)
-        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
-        assert {"model", "plots"} <= arts, arts
+        plots = {a.path for a in client.list_artifacts(r.info.run_id, "plots")}
+        assert plots == {"plots/training_curves.png", "plots/filters.png"}
+        model = client.get_logged_model(r.data.tags["mlcore.model_uri"].split("/")[-1])
+        assert model.source_run_id == r.info.run_id
     return runs
 
 
@@ -50,37 +55,28 @@ def prefect_api(prefect_harness):
     return PREFECT_API_URL.value()
 
 
+def blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
+
+
 def test_local_cluster_workers_have_one_blas_thread_and_ours_is_untouched():
     before = dict(os.environ)
     runner_obj, width = task_runner("dask", 2, None)
-    assert width == 2
+    assert width is None
     with runner_obj:
-        client = runner_obj._client
-        envs = client.run(
-            lambda: {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-        )
+        assert connect(runner_obj) == 2
+        client = runner_obj.client
+        assert os.environ == before
+        envs = client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
+        threads = client.run(blas_threads)
         pids = client.run(os.getpid)
-        assert sorted(client.nthreads().values()) == [1, 1]
-    assert len(envs) == 2 and set(pids.values()).isdisjoint({os.getpid()})
-    assert all(e == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"} for e in envs.values())
-    assert dict(os.environ) == before
-
-
-def test_convnet_grid_is_identical_sequentially_and_on_a_local_cluster(
-    prefect_api, data_env, mlflow_store
-):
-    seq = run_sweep("convnet", GRID, seed=3, set_=FIXED, runner="sequential")
-    dask = run_sweep("convnet", GRID, seed=3, set_=FIXED, runner="dask", workers=2)
-    assert_complete(seq["run_id"], 4)
-    runs = assert_complete(dask["run_id"], 4)
-    assert per_trial(seq["run_id"]) == per_trial(dask["run_id"])
-    assert len(per_trial(seq["run_id"])) == 4
-    workers = {r.data.tags["mlcore.worker"] for r in runs.values()}
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    assert me not in workers and 1 <= len(workers) <= 2
-    # the workers reported to this session's Prefect API, not to servers of their own
-    assert {r.data.tags["mlcore.prefect_api_url"] for r in runs.values()} == {prefect_api}
-    assert MlflowClient().get_run(dask["run_id"]).data.tags["mlcore.runner"] == "dask"
+    assert os.environ == before
+    assert len(pids) == 2 and os.getpid() not in pids.values()
+    assert set(envs.values()) == {"1"}
+    # what the libraries really use: numpy's BLAS (and any OpenMP runtime) with one thread
+    assert all(t and set(t.values()) == {1} for t in threads.values()), threads
 
 
 class Cluster:
@@ -144,15 +140,31 @@ def worker_env(data_env, mlflow_store, tmp_path):
     return env
 
 
-def test_sweep_on_an_existing_cluster_runs_every_trial_on_its_workers(
+def test_convnet_grid_is_identical_sequentially_on_a_local_cluster_and_an_existing_one(
     prefect_api, worker_env, mlflow_store, tmp_path
 ):
+    seq = run_sweep("convnet", GRID, seed=3, set_=FIXED, runner="sequential")
+    runs = assert_complete(seq["run_id"], 4)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    assert {r.data.tags["mlcore.worker"] for r in runs.values()} == {me}
+    expected = per_trial(seq["run_id"])
+    assert len(expected) == 4
+
+    local = run_sweep("convnet", GRID, seed=3, set_=FIXED, runner="dask", workers=2)
+    runs = assert_complete(local["run_id"], 4)
+    assert per_trial(local["run_id"]) == expected
+    workers = {r.data.tags["mlcore.worker"] for r in runs.values()}
+    assert me not in workers and 1 <= len(workers) <= 2
+    # the workers reported to this session's Prefect API, not to servers of their own
+    assert {r.data.tags["mlcore.prefect_api_url"] for r in runs.values()} == {prefect_api}
+    assert MlflowClient().get_run(local["run_id"]).data.tags["mlcore.runner"] == "dask"
+
     cluster = Cluster(tmp_path, 2, worker_env)
     try:
-        result = run_sweep(
+        remote = run_sweep(
             "convnet", GRID, seed=3, set_=FIXED, runner="dask", dask_address=cluster.address
         )
-        runs = assert_complete(result["run_id"], 4)
+        runs = assert_complete(remote["run_id"], 4)
         worker_ids = {f"{socket.gethostname()}:{p.pid}" for p in cluster.workers}
         assert {r.data.tags["mlcore.worker"] for r in runs.values()} <= worker_ids
         assert {r.data.tags["mlcore.prefect_api_url"] for r in runs.values()} == {prefect_api}
@@ -160,8 +172,7 @@ def test_sweep_on_an_existing_cluster_runs_every_trial_on_its_workers(
         assert all(psutil.Process(p.pid).children(recursive=True) == [] for p in cluster.workers)
     finally:
         cluster.stop()
-    seq = run_sweep("convnet", GRID, seed=3, set_=FIXED, runner="sequential")
-    assert per_trial(seq["run_id"]) == per_trial(result["run_id"])
+    assert per_trial(remote["run_id"]) == expected
 
 
 def test_a_killed_worker_loses_its_trial_and_resume_finishes_it(
@@ -227,3 +238,4 @@ def test_a_killed_worker_loses_its_trial_and_resume_finishes_it(
     rerun = next(r for r in done if int(r.data.tags["mlcore.trial"]) == lost_trial)
     assert rerun.data.params["seed"] == runs[lost_trial].data.params["seed"]
     assert "registered_version" in parent.data.tags
+    one_line_error(CliRunner().invoke(app, ["sweep", "--resume", parent_id]), r"nothing to resume")
