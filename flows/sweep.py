@@ -40,7 +40,6 @@ from tasks.sweep import (
 
 RUNNERS = ("sequential", "threads", "dask")
 TRIALS_FILE = "sweep/trials.json"  # every trial asked so far: number, params, sampler state
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # an entry point: one line per trial is noise
 
 
 class SweepIncomplete(RuntimeError):
@@ -142,6 +141,8 @@ def run_sweep(
     """Validate the command line's sweep (or read a past one's back for ``resume``) and run
     it as the ``hyperparameter_sweep`` flow on the runner's task runner."""
     runner_obj, width = task_runner(runner, workers, dask_address)
+    # the leaderboard says it all: Optuna's line per told trial is noise on the terminal
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if resume:
         if experiment or params or sampler or trials or metric or set_:
             raise ValueError(
