@@ -21,6 +21,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # log lines (a failed task's traceback among them) are off unless asked for, e.g.
 # PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL=INFO. Every log still reaches the Prefect API and UI.
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+# MLflow draws a progress bar for every artifact it downloads (mlcore sweep --resume reads one)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
