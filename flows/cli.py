@@ -32,6 +32,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 # mlcore's fast layers: idle OpenMP threads sleep instead of spinning on the cores the next
 # BLAS call needs (read when libgomp loads; mlcore itself changes no process-wide setting).
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# MLflow draws a progress bar for every artifact it downloads (mlcore sweep --resume reads one)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -378,6 +380,84 @@ def run_pipeline(
     show_housing_result(result["housing"])
     show_gradcheck_result(result["gradcheck"])
     show_convnet_result(result["convnet"])
+
+
+@app.command("sweep")
+@friendly_errors
+def sweep(
+    experiment: Annotated[
+        str | None, typer.Argument(help="housing or convnet (not with --resume).")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="NAME=SPEC to sweep (repeatable): a,b,c (choices, a grid axis), LO..HI, "
+            "LO..HI:log, LO..HI:int (ranges, for random/tpe).",
+        ),
+    ] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(
+            help="grid, random or tpe (default: grid if every --param is a list, else tpe)."
+        ),  # fmt: skip
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="Trials to run (default: the grid's size, or 10).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the sampler and every trial.")] = 0,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="Metric to optimise (default: val_mae for housing, minimised; "
+            "best_val_acc for convnet, maximised)."
+        ),  # fmt: skip
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Fix a parameter for every trial: NAME=VALUE (repeatable)."),
+    ] = None,
+    runner: Annotated[str, typer.Option(help="sequential, threads or dask.")] = "sequential",
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Threads or LocalCluster worker processes (default: the cores)."),
+    ] = None,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(help="Run on the existing Dask cluster at tcp://HOST:PORT (--runner dask)."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Continue the sweep of this MLflow run: run its unfinished trials."),
+    ] = None,
+) -> None:
+    """Sweep an experiment's hyper-parameters with Optuna; one MLflow child run per trial."""
+    from flows.sweep import SweepIncomplete, run_sweep
+
+    try:
+        result = run_sweep(
+            experiment, param, sampler, trials, seed, metric, set_, runner, workers,
+            dask_address, resume,
+        )  # fmt: skip
+    except SweepIncomplete as exc:
+        show_sweep_result(exc.result, last_line=False)
+        raise
+    show_sweep_result(result)
+
+
+def show_sweep_result(result: dict, last_line: bool = True) -> None:
+    board = result["leaderboard"]
+    drop = [c for c in ("run_id", "error") if c in board and not board[c].astype(bool).any()]
+    rows = board.drop(columns=drop).to_dict(orient="records")
+    columns = [c for c in board.columns if c not in drop]
+    print_table(f"sweep by {result['metric']} (best first)", rows, columns)
+    best = result["best"]
+    if best is not None:
+        console.print(f"best trial: [bold]{best['number']}[/] (child run {best['run_id']}), "
+                      f"{result['metric']}={best['metrics'][result['metric']]:.6g}")  # fmt: skip
+    console.print(f"sweep_wall_s: {result['sweep_wall_s']:.2f}")
+    if last_line:
+        console.print(f"MLflow run id: [bold]{result['run_id']}[/]")
 
 
 @app.command("runs")

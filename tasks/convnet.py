@@ -310,8 +310,6 @@ def evaluate_convnet(trained: dict[str, Any], data: dict[str, np.ndarray], run_i
     tracking.log_figure(run_id, curves, "plots/training_curves.png")
     tracking.log_figure(run_id, plot_filter_grid(model.params["W1"]), "plots/filters.png")
     arrays = {**model.params, "input_dim": np.asarray(model.input_dim)}
-    result["model_uri"] = tracking.log_pyfunc_model(
-        run_id, "convnet", arrays, data["X_test"][:5], extra_pip=("mlcore",)
-    )
+    result["model_uri"] = tracking.log_pyfunc_model(run_id, "convnet", arrays, data["X_test"][:5])
     result["run_id"] = run_id
     return result

@@ -762,6 +762,59 @@ def resumable_params(run_id: str, flow: str) -> dict:
     return json.loads(tags["mlcore.flow_params"])
 
 
+# --- hyper-parameter sweeps (tasks/sweep.py, flows/sweep.py) ---------------------------------
+
+
+def tracking_uri() -> str:
+    """The tracking URI with a relative ``sqlite:///`` path made absolute, so a process with
+    another working directory (a Dask worker) writes to the same store."""
+    uri = mlflow.get_tracking_uri()
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def use_tracking_uri(uri: str) -> None:
+    """Point this process at ``uri`` (a sweep's trial on a Dask worker)."""
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
+
+
+def log_table(run_id: str, df: pd.DataFrame, artifact_file: str) -> None:
+    """An MLflow table artifact (shown as a table in the UI's artifact view)."""
+    client().log_table(run_id, df, artifact_file)
+
+
+def log_json(run_id: str, value, artifact_file: str) -> None:
+    client().log_text(run_id, json.dumps(value, indent=1), artifact_file)
+
+
+def load_json(run_id: str, artifact_file: str):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client().download_artifacts(run_id, artifact_file, tmp)
+        return json.loads(Path(path).read_text())
+
+
+def child_runs(parent_run_id: str) -> list:
+    """Every run whose parent is ``parent_run_id`` (any status)."""
+    parent = client().get_run(parent_run_id)
+    return client().search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=50000,
+    )
+
+
+def end_orphaned_children(parent_run_id: str) -> list[str]:
+    """End KILLED every child run still RUNNING (its process died, or was stopped, before it
+    could end it); returns their ids."""
+    orphans = [r.info.run_id for r in child_runs(parent_run_id) if r.info.status == "RUNNING"]
+    for run_id in orphans:
+        client().set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    return orphans
+
+
 @contextlib.contextmanager
 def reopened_run(run_id: str) -> Iterator[str]:
     """Set an ended run back to RUNNING (its old ``mlcore.error`` removed, this process as its

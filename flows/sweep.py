@@ -1,0 +1,431 @@
+"""Hyper-parameter sweeps: Optuna asks, trials run as Prefect tasks on the chosen task runner
+(threads, or Dask worker processes), Optuna is told, and MLflow keeps one comparable record.
+
+Trials are asked in batches as wide as the parallelism and told in trial-number order when the
+whole batch is back, so a seeded sweep proposes the same trials whatever the runner and
+whichever trial finishes first (TPE's proposals depend on the batch width only).
+
+On Dask, each trial is a Prefect task run by prefect-dask on a worker process. The task engine
+there reports to the Prefect API of the sweep's own process: when no ``PREFECT_API_URL`` is set,
+the sweep passes its (temporary) server's URL in the settings it sends with each task, so no
+worker starts a temporary server of its own on the shared SQLite file. The workers log their
+trial's MLflow child run themselves (the tracking URI is passed along, made absolute).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import optuna
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks import tracking
+from tasks.sweep import (
+    check_metric,
+    get_experiment,
+    make_sampler,
+    metric_tag_name,
+    parse_fixed,
+    parse_space,
+    record_sweep,
+    run_trial,
+    space_from_json,
+    space_to_json,
+    trial_seed,
+)  # fmt: skip
+
+RUNNERS = ("sequential", "threads", "dask")
+TRIALS_FILE = "sweep/trials.json"  # every trial asked so far: number, params, sampler state
+
+
+class SweepIncomplete(RuntimeError):
+    """Some trials were lost (their worker died, the sweep was stopped): the record holds the
+    finished ones, ``mlcore sweep --resume RUN_ID`` runs the rest."""
+
+    def __init__(self, message: str, result: dict[str, Any]):
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.result)
+
+
+def _lost(exc: BaseException) -> bool:
+    """A trial that did not fail by itself: its worker process or connection was lost."""
+    from concurrent.futures import CancelledError
+
+    try:
+        from distributed.comm.core import CommClosedError
+        from distributed.scheduler import KilledWorker
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return isinstance(exc, CancelledError)
+    return isinstance(exc, KilledWorker | CommClosedError | CancelledError)
+
+
+def task_runner(runner: str, workers: int | None, dask_address: str | None):
+    """The task runner of the trials, and how many trials may run at once (None: ask the Dask
+    cluster)."""
+    if runner not in RUNNERS:
+        raise ValueError(f"--runner: {runner!r} is not one of {', '.join(RUNNERS)}")
+    if dask_address and runner != "dask":
+        raise ValueError("--dask-address needs --runner dask")
+    if runner == "sequential":
+        return ThreadPoolTaskRunner(max_workers=1), 1
+    cores = workers or os.cpu_count() or 1
+    if runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=cores), cores
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        if workers:
+            raise ValueError("--workers: the cluster at --dask-address has its own workers")
+        if "://" not in dask_address:
+            raise ValueError(f"--dask-address: expected tcp://HOST:PORT, got {dask_address!r}")
+        return DaskTaskRunner(address=dask_address), None
+    # one BLAS/OpenMP thread per worker process (set in the workers' environment, not ours):
+    # two workers with two threads each would fight over the cores
+    one_thread = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    cluster = {
+        "n_workers": cores, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+        "dashboard_address": None, "env": one_thread,
+    }  # fmt: skip
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster), None
+
+
+def connect(dask_runner) -> int:
+    """Start (or connect to) the Dask task runner's cluster; return its worker threads.
+
+    distributed's nanny writes its ``pre-spawn-environ`` (OMP_NUM_THREADS=1, ...) into this
+    process's environment before spawning each worker and leaves it there: it is put back, so
+    only the workers run with one thread."""
+    saved = dict(os.environ)
+    try:
+        client = dask_runner.client
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    # part of starting a worker, not of the trial phase: import the trials' code (Prefect,
+    # MLflow, matplotlib, mlcore: tens of seconds on a busy machine) before the clock starts
+    client.run(_warm_up)
+    return max(sum(client.nthreads().values()), 1)
+
+
+def _warm_up() -> None:
+    import tasks.convnet  # noqa: F401
+    import tasks.data  # noqa: F401
+    import tasks.linear  # noqa: F401
+    import tasks.sweep  # noqa: F401
+
+
+def _dask_width() -> int:
+    """Worker threads of the Dask cluster this flow's task runner is connected to."""
+    from prefect.context import FlowRunContext
+
+    return connect(FlowRunContext.get().task_runner)
+
+
+def _api_url() -> str:
+    """The Prefect API this flow reports to (the temporary server's when none is configured)."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or str(FlowRunContext.get().client.api_url)
+
+
+def run_sweep(
+    experiment: str | None = None,
+    params: list[str] | None = None,
+    sampler: str | None = None,
+    trials: int | None = None,
+    seed: int = 0,
+    metric: str | None = None,
+    set_: list[str] | None = None,
+    runner: str = "sequential",
+    workers: int | None = None,
+    dask_address: str | None = None,
+    resume: str | None = None,
+) -> dict[str, Any]:
+    """Validate the command line's sweep (or read a past one's back for ``resume``) and run
+    it as the ``hyperparameter_sweep`` flow on the runner's task runner."""
+    runner_obj, width = task_runner(runner, workers, dask_address)
+    # the leaderboard says it all: Optuna's line per told trial is noise on the terminal
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if resume:
+        if experiment or params or sampler or trials or metric or set_:
+            raise ValueError(
+                "--resume: the sweep's settings are the original run's; give only the runner "
+                "options (--runner, --workers, --dask-address)"
+            )
+        config = _sweep_config(resume)
+        _check_resumable(resume, config)
+    else:
+        if experiment is None:
+            raise ValueError("give the EXPERIMENT to sweep (housing or convnet), or --resume")
+        get_experiment(experiment)
+        space = parse_space(experiment, params or [])
+        sampler = sampler or ("grid" if _all_choices(space) else "tpe")
+        make_sampler(sampler, space, seed)  # validates (a grid of ranges is an error)
+        if sampler == "grid":
+            size = 1
+            for dist in space.values():
+                size *= len(dist.choices)
+            if trials is not None and trials > size:
+                raise ValueError(f"--trials: the grid has only {size} points, not {trials}")
+            trials = trials or size
+        metric, _ = check_metric(experiment, metric)
+        config = {
+            "experiment": experiment, "space": space_to_json(space), "sampler": sampler,
+            "trials": trials or 10, "seed": seed, "metric": metric,
+            "fixed": parse_fixed(experiment, set_ or [], space),
+        }  # fmt: skip
+    sweep = hyperparameter_sweep.with_options(task_runner=runner_obj)
+    return sweep(config=config, runner=runner, width=width or 0, resume_run_id=resume)
+
+
+def _all_choices(space: dict) -> bool:
+    return all(isinstance(d, optuna.distributions.CategoricalDistribution) for d in space.values())
+
+
+def _sweep_config(run_id: str) -> dict[str, Any]:
+    try:
+        run = tracking.client().get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - MLflow's "not found" has several types
+        raise ValueError(f"--resume: no MLflow run {run_id!r}") from exc
+    text = run.data.tags.get("mlcore.sweep_config")
+    if text is None:
+        raise ValueError(f"--resume: MLflow run {run_id} is not a sweep's run")
+    return json.loads(text)
+
+
+def _check_resumable(run_id: str, config: dict) -> None:
+    asked = tracking.load_json(run_id, TRIALS_FILE)
+    reported = get_experiment(config["experiment"]).reported
+    done = _finished_trials(run_id, config["metric"], reported)
+    if len(asked) >= config["trials"] and all(rec["number"] in done for rec in asked):
+        raise ValueError(
+            f"--resume: every trial of the sweep {run_id} has a finished child run; "
+            "nothing to resume"
+        )
+
+
+@flow(name="hyperparameter_sweep", log_prints=True)
+def hyperparameter_sweep(
+    config: dict[str, Any], runner: str = "sequential", width: int = 1,
+    resume_run_id: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """ask a batch -> run it (one Prefect task per trial) -> tell -> ... -> the record ->
+    register the best model. ``config`` holds experiment, space (Optuna JSON), sampler,
+    trials, seed, metric and fixed (the --set values)."""
+    exp = get_experiment(config["experiment"])
+    metric, higher = check_metric(exp.name, config["metric"])
+    if resume_run_id:
+        context = tracking.reopened_run(resume_run_id)
+    else:
+        tags = {
+            "mlcore.sweep": "true", "mlcore.sampler": config["sampler"],
+            "mlcore.search_space": config["space"], "mlcore.sweep_config": json.dumps(config),
+            "mlcore.metric": metric,
+        }  # fmt: skip
+        context = tracking.parent_run(exp.name, "hyperparameter_sweep", config["fixed"], tags=tags)
+    with context as run_id:
+        tracking.set_tags(run_id, {"mlcore.runner": runner})
+        try:
+            result = _sweep(config, run_id, width or _dask_width(), bool(resume_run_id))
+        finally:
+            tracking.end_orphaned_children(run_id)
+        if result["incomplete"]:
+            raise SweepIncomplete(result["incomplete"], result)
+        return result
+
+
+def _prepare_data(exp_name: str, fixed: dict) -> None:
+    """Download once, in this process, before the trials (their fetch then hits the cache)."""
+    from mlcore.data import DATASETS
+    from tasks.data import fetch_dataset
+
+    if fixed["dataset"] in DATASETS:
+        fetch_dataset(fixed["dataset"])
+
+
+def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, Any]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    exp_name, metric = config["experiment"], config["metric"]
+    higher = get_experiment(exp_name).metrics[metric]
+    space = space_from_json(config["space"])
+    _prepare_data(exp_name, config["fixed"])
+    direction = "maximize" if higher else "minimize"
+
+    asked: list[dict] = tracking.load_json(run_id, TRIALS_FILE) if resuming else []
+    done = _finished_trials(run_id, metric, get_experiment(exp_name).reported) if resuming else {}
+    # a resumed random/TPE sampler must not replay the proposals already asked
+    seed = config["seed"] if not asked else trial_seed(config["seed"], 1_000_000 + len(asked))
+    study = optuna.create_study(
+        direction=direction, sampler=make_sampler(config["sampler"], space, seed, config["trials"])
+    )
+    results: dict[int, dict] = {}
+    todo = []
+    for rec in asked:
+        if rec["number"] in done:
+            finished = done[rec["number"]]
+            _add(study, space, rec, finished["metrics"][metric])
+            results[rec["number"]] = {**rec, **finished, "state": "COMPLETE"}
+        else:
+            todo.append(rec)
+
+    uri = tracking.tracking_uri()
+    api = _api_url()
+    incomplete: list[str] = []
+    start = time.perf_counter()
+    # the settings sent with each task name this flow's API: workers report there
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        while todo or len(asked) < config["trials"]:
+            # reruns of a resumed sweep first, on their own: the sampler does not know them
+            # until they are told, so a fresh ask beside them could propose one again
+            if todo:
+                batch, todo = todo[:width], todo[width:]
+            else:
+                batch = []
+                for _ in range(min(width, config["trials"] - len(asked))):
+                    trial = study.ask(space)
+                    attrs = study.get_trials(deepcopy=False)[trial.number].system_attrs
+                    batch.append({"number": len(asked), "params": trial.params,
+                                  "system_attrs": dict(attrs), "optuna": trial})  # fmt: skip
+                    asked.append({k: v for k, v in batch[-1].items() if k != "optuna"})
+                tracking.log_json(run_id, asked, TRIALS_FILE)
+            futures = [
+                run_trial.submit(exp_name, rec["params"], config["fixed"], config["seed"],
+                                 rec["number"], run_id, uri)
+                for rec in batch
+            ]  # fmt: skip
+            for rec, future in zip(batch, futures, strict=True):
+                results[rec["number"]] = outcome = _outcome(rec, future)
+                value = outcome["metrics"][metric] if outcome["state"] == "COMPLETE" else None
+                if "optuna" in rec:
+                    state = (
+                        optuna.trial.TrialState.COMPLETE
+                        if value is not None
+                        else optuna.trial.TrialState.FAIL
+                    )
+                    _tell(study, rec["optuna"], value, state)
+                else:
+                    _add(study, space, rec, value)
+                if outcome["state"] == "LOST":
+                    incomplete.append(f"trial {rec['number']} was lost ({outcome['error']})")
+    wall = time.perf_counter() - start
+    tracking.log_metrics(run_id, {"sweep_wall_s": wall, "trials_run": len(results) - len(done)})
+    ordered = [results[n] for n in sorted(results)]
+    record = record_sweep(run_id, study, ordered, metric, higher)
+    result = {
+        "run_id": run_id, "metric": metric, "trials": ordered, "best": record["best"],
+        "leaderboard": record["leaderboard"], "sweep_wall_s": wall, "registered": None,
+        "incomplete": "",
+    }  # fmt: skip
+    failed = [t for t in ordered if t["state"] != "COMPLETE"]
+    if incomplete:
+        result["incomplete"] = (
+            f"{'; '.join(incomplete)}; {len(ordered) - len(failed)} of {config['trials']} trials "
+            f"finished; continue with: mlcore sweep --resume {run_id}"
+        )
+        return result
+    if record["best"] is None:
+        raise RuntimeError(f"every trial failed; first: trial {failed[0]['number']}: "
+                           f"{failed[0]['error']}")  # fmt: skip
+    if failed:
+        tracking.set_tags(run_id, {"failed_trials": ",".join(str(t["number"]) for t in failed)})
+    result["registered"] = _register(config, record["best"], metric, higher, run_id)
+    return result
+
+
+def _tell(study: optuna.Study, trial, value: float | None, state) -> None:
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as exc:
+        # GridSampler calls Study.stop once its grid is done, which raises outside optimize();
+        # the trial is already recorded by then
+        if "Study.stop" not in str(exc):
+            raise
+
+
+def _outcome(rec: dict, future) -> dict[str, Any]:
+    base = {"number": rec["number"], "params": rec["params"]}
+    try:
+        out = future.result()
+    except Exception as exc:  # noqa: BLE001 - a trial's failure is recorded, not fatal
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        state = "LOST" if _lost(exc) else "FAIL"
+        return {**base, "state": state, "error": f"{type(exc).__name__}: {first}", "metrics": {}}
+    return {**base, **out, "state": "COMPLETE"}
+
+
+def _add(study: optuna.Study, space: dict, rec: dict, value: float | None) -> None:
+    """A trial run outside ``study.ask`` (a finished trial of the original run, a rerun)."""
+    state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=rec["params"], distributions={k: space[k] for k in rec["params"]},
+            value=value, state=state, system_attrs=rec.get("system_attrs") or {},
+        )
+    )  # fmt: skip
+
+
+def _finished_trials(run_id: str, metric: str, reported: tuple) -> dict[int, dict]:
+    """trial number -> its FINISHED child run (id, metrics, worker, model URI)."""
+    found = {}
+    for run in tracking.child_runs(run_id):
+        number = run.data.tags.get("mlcore.trial")
+        if run.info.status != "FINISHED" or number is None or metric not in run.data.metrics:
+            continue
+        found[int(number)] = {
+            "run_id": run.info.run_id,
+            "metrics": {k: v for k, v in run.data.metrics.items() if k in reported},
+            "worker": run.data.tags.get("mlcore.worker", ""),
+            "model_uri": run.data.tags.get("mlcore.model_uri", f"runs:/{run.info.run_id}/model"),
+        }  # fmt: skip
+    return found
+
+
+def _register(config: dict, best: dict, metric: str, higher: bool, run_id: str) -> dict:
+    """The best trial's model through the registry, under the flow's model name and data key."""
+    from tasks.registry import convnet_data_key, housing_data_key, register_model
+
+    fixed = config["fixed"]
+    if config["experiment"] == "housing":
+        name = "housing-regressor"
+        key = housing_data_key(fixed["dataset"], fixed["test_size"], fixed["split_random_state"],
+                               fixed["val_split"])  # fmt: skip
+    else:
+        name = f"{fixed['dataset']}-convnet"
+        key = convnet_data_key(fixed["dataset"], fixed["num_train"])
+    value = best["metrics"][metric]
+    baseline, label, margin = _baseline(config)
+    return register_model(
+        best["model_uri"], name, metric_tag_name(metric), value, higher, key, run_id,
+        baseline, label, margin,
+    )  # fmt: skip
+
+
+def _baseline(config: dict) -> tuple[float, str, float]:
+    """The registration gate's trivial baseline on the sweep's validation rows, as the flows
+    compute it: the training mean's validation MAE for housing, the majority class's
+    validation accuracy (plus the accuracy margin) for the ConvNet."""
+    from mlcore.data import DATASETS, fetch, load_libsvm, split_like_course
+    from mlcore.data.images import load_image_dataset
+    from tasks.registry import ACCURACY_MARGIN, majority_baseline, mean_baseline
+
+    fixed = config["fixed"]
+    if config["experiment"] == "housing":
+        X, y = load_libsvm(fetch(fixed["dataset"]))
+        split = split_like_course(
+            X, y, fixed["test_size"], fixed["split_random_state"], fixed["val_split"]
+        )
+        return mean_baseline(split["y_train"], split["y_val"]), "train-mean", 0.0
+    dataset = fixed["dataset"]
+    path = {"path": str(fetch(dataset))} if dataset in DATASETS else {}
+    data = load_image_dataset(dataset, **path)
+    y_train = data["y_train"][: fixed["num_train"]] if fixed["num_train"] else data["y_train"]
+    return majority_baseline(y_train, data["y_val"]), "majority", ACCURACY_MARGIN
