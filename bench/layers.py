@@ -646,6 +646,12 @@ def profile_markdown(prof) -> str:
     lines += ["", "| kind | ms | share |", "|---|---|---|"]
     for k, v in sorted(prof["by_kind"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {k} | {v:.2f} | {100 * v / step:.0f}% |")
+    lines += [
+        "",
+        "glue = the whole step minus every phase (the Python between the layers and the cache "
+        "misses a phase run alone does not see); negative when the phases, timed alone, were "
+        "slower than inside the step, i.e. when the load, not the code, set the times.",
+    ]
     return "\n".join(lines) + "\n"
 
 
