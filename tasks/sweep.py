@@ -53,6 +53,7 @@ EXPERIMENTS = {
             "test_size": 0.33,
             "split_random_state": 42,
             "val_split": 0.2,
+            "standardize": True,
         },  # fmt: skip
         metrics={"val_mae": False, "val_mse": False, "train_mae": False, "train_mse": False},
         default_metric="val_mae",
@@ -113,13 +114,16 @@ def get_experiment(name: str) -> Experiment:
 
 def _value(text: str, kind: type, where: str) -> Any:
     try:
+        if kind is bool:
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False,
+                    "no": False}[text.lower()]  # fmt: skip
         if kind is int:
             number = float(text)
             if not number.is_integer():
                 raise ValueError
             return int(number)
         return kind(text)
-    except ValueError:
+    except (ValueError, KeyError):
         raise ValueError(f"{where}: {text!r} is not a valid {kind.__name__}") from None
 
 
@@ -314,7 +318,7 @@ def housing_trial(params: dict, fixed: dict, seed: int, number: int, parent_run_
     kind, hparams = housing_hparams({**fixed, **params}, seed)
     path = fetch_dataset.fn(fixed["dataset"])
     split = load_split.fn(path, fixed["test_size"], fixed["split_random_state"], fixed["val_split"])
-    data, scaler = standardize.fn(split)
+    data, scaler = standardize.fn(split, enabled=fixed.get("standardize", True))
     model = fit_model.fn(kind, hparams, data)
     row = evaluate.fn(model, kind, hparams, data, scaler, parent_run_id)
     tracking.set_tags(row["run_id"], {"mlcore.trial": number, "mlcore.worker": worker_id()})

@@ -67,6 +67,26 @@ def test_search_space_specs_become_optuna_distributions():
     assert parse_space("housing", ["sgd_epochs=5,10"])["epochs"].choices == (5, 10)
 
 
+def test_housing_sweeps_fit_standardized_or_as_downloaded(housing):
+    """--set standardize=false: every trial fits on the features as downloaded, so ridge
+    alpha 1e-4 gives the course's printed errors (README "Experiment 1 results")."""
+    from mlcore.metrics import mean_absolute_error
+    from tasks.data import standardize
+    from tasks.linear import fit_model
+    from tasks.sweep import housing_hparams, parse_fixed
+
+    assert parse_fixed("housing", [], {})["standardize"] is True
+    fixed = parse_fixed("housing", ["standardize=false"], {})
+    assert fixed["standardize"] is False
+    with pytest.raises(ValueError, match=r"--set standardize: 'maybe' is not a valid bool"):
+        parse_fixed("housing", ["standardize=maybe"], {})
+    kind, hparams = housing_hparams({**fixed, "model": "ridge", "alpha": 1e-4}, 0)
+    data, _ = standardize.fn(housing, enabled=fixed["standardize"])
+    model = fit_model.fn(kind, hparams, data)
+    mae = mean_absolute_error(data["y_test"], model.predict(data["X_test"]))
+    assert mae == pytest.approx(3.0851716338615383, rel=1e-9)
+
+
 def test_trial_seeds_depend_on_the_sweep_seed_and_the_trial_number_only():
     seeds = {trial_seed(s, n) for s in range(3) for n in range(50)}
     assert len(seeds) == 150 and all(0 <= s < 2**31 for s in seeds)
