@@ -50,8 +50,10 @@ run_app = typer.Typer(help="Run a flow now, in this process.", no_args_is_help=T
 app.add_typer(run_app, name="run")
 # "Creating initial MLflow database tables...", "Validating input example against model
 # signature": noise on a terminal
-for _name in ("mlflow.store.db.utils", "mlflow.pyfunc"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
+# ... and the SQLite store logs every "database is locked" it then retries as an ERROR with a
+# traceback; a retry that fails for good still raises, and that error is the one line printed
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
@@ -197,9 +199,12 @@ def print_table(
 ) -> None:
     table = Table(title=title, caption=caption)
     for col in columns:
+        # a run id is what `mlcore rerun` and `--resume` take: never shortened or wrapped
+        whole = {"no_wrap": True, "min_width": 32} if col == "run_id" else {}
         table.add_column(
-            col, justify="right" if rows and isinstance(rows[0].get(col), float) else "left"
-        )
+            col, justify="right" if rows and isinstance(rows[0].get(col), float) else "left",
+            **whole,
+        )  # fmt: skip
     for row in rows:
         table.add_row(*(_fmt(row.get(col)) for col in columns))
     console.print(table)
