@@ -127,6 +127,15 @@ def _value(text: str, kind: type, where: str) -> Any:
         raise ValueError(f"{where}: {text!r} is not a valid {kind.__name__}") from None
 
 
+def _name_and_text(item: str, option: str, form: str) -> tuple[str, str]:
+    """``"lr = 1e-3"`` -> ``("lr", "1e-3")``; anything but NAME=TEXT is a one-line error."""
+    raw, sep, text = item.partition("=")
+    raw, text = raw.strip(), text.strip()
+    if not sep or not raw or not text:
+        raise ValueError(f"{option}: expected {form}, got {item!r}")
+    return raw, text
+
+
 def _name(exp: Experiment, raw: str, option: str) -> str:
     name = exp.aliases.get(raw, raw)
     if name in exp.data_params:
@@ -159,10 +168,7 @@ def parse_space(
     exp = get_experiment(experiment)
     space: dict[str, Any] = {}
     for spec in specs:
-        raw, sep, text = spec.partition("=")
-        raw, text = raw.strip(), text.strip()
-        if not sep or not raw or not text:
-            raise ValueError(f"--param: expected NAME=SPEC, got {spec!r}")
+        raw, text = _name_and_text(spec, "--param", "NAME=SPEC")
         name = _name(exp, raw, "--param")
         where = f"--param {raw}"
         if name in space:
@@ -206,10 +212,7 @@ def parse_fixed(experiment: str, items: list[str], space: dict) -> dict[str, Any
     exp = get_experiment(experiment)
     fixed: dict[str, Any] = {}
     for item in items:
-        raw, sep, text = item.partition("=")
-        raw, text = raw.strip(), text.strip()
-        if not sep or not raw or not text:
-            raise ValueError(f"--set: expected NAME=VALUE, got {item!r}")
+        raw, text = _name_and_text(item, "--set", "NAME=VALUE")
         where = f"--set {raw}"
         name = exp.aliases.get(raw, raw)
         if name in exp.data_params:
