@@ -169,25 +169,28 @@ def mlcore_engines(np):
             PHASES, (fast_fwd, fast_bwd, fast_fb), (gemm_fwd, gemm_bwd, gemm_fb), strict=True
         ):
             engines[f"{label} {what}"] = {"fast": fast, "gemm": gemm}
-    for k, (label, xs, size, s) in enumerate(POOL_SPECS):
-        rng = np.random.default_rng(100 + k)
-        x = rng.standard_normal(xs).astype(np.float32)
-        pp = {"pool_height": size, "pool_width": size, "stride": s}
-        out, cache = fl.max_pool_forward_fast(x, pp)
-        dout = rng.standard_normal(out.shape).astype(np.float32)
-        fns = (
-            lambda x=x, pp=pp: fl.max_pool_forward_fast(x, pp),
-            lambda d=dout, c=cache: fl.max_pool_backward_fast(d, c),
-            lambda x=x, pp=pp, d=dout: fl.max_pool_backward_fast(
-                d, fl.max_pool_forward_fast(x, pp)[1]
-            ),
-        )
-        for what, fn in zip(PHASES, fns, strict=True):
-            engines[f"{label} {what}"] = {"fast": fn}
+    pool_engines(np, engines, "fast", fl.max_pool_forward_fast, fl.max_pool_backward_fast)
     for dtype, name in ((np.float32, "float32"), (np.float64, "float64")):
         step = make_mlcore_step(np, dtype)
         engines[f"ThreeLayerConvNet train step, batch 50, {name}"] = {"fast": step}
     return engines
+
+
+def pool_engines(np, engines, engine, forward, backward):
+    """Add the POOL_SPECS cases (fwd, bwd, fwd+bwd) of one engine's max pooling to engines."""
+    for k, (label, xs, size, s) in enumerate(POOL_SPECS):
+        rng = np.random.default_rng(100 + k)
+        x = rng.standard_normal(xs).astype(np.float32)
+        pp = {"pool_height": size, "pool_width": size, "stride": s}
+        out, cache = forward(x, pp)
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        fns = (
+            lambda x=x, pp=pp: forward(x, pp),
+            lambda d=dout, c=cache: backward(d, c),
+            lambda x=x, pp=pp, d=dout: backward(d, forward(x, pp)[1]),
+        )
+        for what, fn in zip(PHASES, fns, strict=True):
+            engines[f"{label} {what}"] = {engine: fn}
 
 
 def naive_engines(np):
@@ -208,21 +211,7 @@ def naive_engines(np):
         )
         for what, fn in zip(PHASES, fns, strict=True):
             engines[f"{label} {what}"] = {"naive": fn}
-    for k, (label, xs, size, s) in enumerate(POOL_SPECS):
-        rng = np.random.default_rng(100 + k)
-        x = rng.standard_normal(xs).astype(np.float32)
-        pp = {"pool_height": size, "pool_width": size, "stride": s}
-        out, cache = L.max_pool_forward_naive(x, pp)
-        dout = rng.standard_normal(out.shape).astype(np.float32)
-        fns = (
-            lambda x=x, pp=pp: L.max_pool_forward_naive(x, pp),
-            lambda d=dout, c=cache: L.max_pool_backward_naive(d, c),
-            lambda x=x, pp=pp, d=dout: L.max_pool_backward_naive(
-                d, L.max_pool_forward_naive(x, pp)[1]
-            ),
-        )
-        for what, fn in zip(PHASES, fns, strict=True):
-            engines[f"{label} {what}"] = {"naive": fn}
+    pool_engines(np, engines, "naive", L.max_pool_forward_naive, L.max_pool_backward_naive)
     return engines
 
 
