@@ -71,27 +71,26 @@ def friendly_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        import httpx
-        from mlflow.exceptions import MlflowException
-
-        from tasks.tracking import kill_reason
+        from tasks.killed import kill_reason
 
         restore = _catch_signals()
         try:
             return fn(*args, **kwargs)
-        except (
-            ValueError, ArithmeticError, OSError, RuntimeError, MlflowException, httpx.HTTPError,
-        ) as exc:  # fmt: skip
-            msg = exc.message if isinstance(exc, MlflowException) else str(exc)
-            if isinstance(exc, httpx.TransportError | ConnectionRefusedError):
-                from prefect.settings import PREFECT_API_URL
-
-                if PREFECT_API_URL.value():
-                    msg = f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {msg}"
-            line = msg.splitlines()[0] if msg else type(exc).__name__
-            err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
-            raise typer.Exit(1) from None
         except BaseException as exc:
+            if isinstance(exc, _user_errors()):
+                import httpx
+                from mlflow.exceptions import MlflowException
+
+                msg = exc.message if isinstance(exc, MlflowException) else str(exc)
+
+                if isinstance(exc, httpx.TransportError | ConnectionRefusedError):
+                    from prefect.settings import PREFECT_API_URL
+
+                    if PREFECT_API_URL.value():
+                        msg = f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {msg}"
+                line = msg.splitlines()[0] if msg else type(exc).__name__
+                err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
+                raise typer.Exit(1) from None
             reason = kill_reason(exc)
             if reason is None:
                 raise
@@ -104,14 +103,23 @@ def friendly_errors(fn):
     return wrapper
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user can cause (imported when one happens: the CLI starts its work, and the
+    temporary Prefect server, before it imports MLflow)."""
+    import httpx
+    from mlflow.exceptions import MlflowException
+
+    return (ValueError, ArithmeticError, OSError, RuntimeError, MlflowException, httpx.HTTPError)
+
+
 def _catch_signals():
-    """SIGTERM, SIGINT and SIGHUP (a closed terminal) raise ``tasks.tracking.RunKilled`` in
+    """SIGTERM, SIGINT and SIGHUP (a closed terminal) raise ``tasks.killed.RunKilled`` in
     the main thread: the flow's run ends KILLED (``tracking.end_run``) and the command exits.
     A second signal while that happens exits at once (the started servers' watchdogs stop
     them). Returns a function restoring the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    from tasks.tracking import RunKilled
+    from tasks.killed import RunKilled
 
     received: list[int] = []
 
@@ -143,11 +151,11 @@ def preflight(flows: bool = False):
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            check_tracking_store()
-            if flows:
+            if flows:  # first: the server starts while the rest is imported
                 from flows.stack import own_prefect_server
 
                 own_prefect_server()
+            check_tracking_store()
             return fn(*args, **kwargs)
 
         return wrapper

@@ -12,6 +12,7 @@ ordinary child, one that outlives a killed parent.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -259,27 +260,66 @@ def local_stack(
 
 
 def own_prefect_server() -> None:
-    """Make the temporary Prefect API server of this process one that dies with it.
+    """Make the temporary Prefect API server of this process one that dies with it, and, when
+    Prefect is not imported yet (the ``mlcore`` command line), start it right away.
 
     Without ``PREFECT_API_URL``, Prefect 3 starts a temporary server the first time a flow
     needs the API: ``python -m uvicorn prefect.server.api.server:create_app`` as an ordinary
     child (``prefect.server.api.server.SubprocessASGIServer``), stopped only by an ``atexit``
     hook, so it outlives a parent killed with SIGKILL (or SIGTERM, which skips ``atexit``).
     This puts in its place, as the instance Prefect looks up, a server started the same way
-    (still only when first needed) but in its own process group on a free loopback port,
-    tied to this process (``tie``, ``die_with_parent``). Nothing changes when
-    ``PREFECT_API_URL`` is set, or a server is already running."""
+    but in its own process group on a free loopback port, tied to this process (``tie``,
+    ``die_with_parent``). Nothing changes when ``PREFECT_API_URL`` is set, or a server is
+    already running.
+
+    Prefect waits for the server's first health answer (about 12 s of its start-up here) only
+    when a flow first needs it. Started before Prefect and the flows' modules are imported (as
+    many seconds again, on the other core), the server is up, or nearly, by then: a flow
+    command saves most of the wait. Prefect's own settings still decide: when they name an
+    API URL (a profile, a ``prefect.toml``), the early server is stopped unused."""
+    early = None
+    if "prefect" not in sys.modules and not os.environ.get("PREFECT_API_URL"):
+        port = free_port()
+        early = (port, *_spawn_temporary_server(port, {}))
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL
 
-    if PREFECT_API_URL.value():
-        return
     current = SubprocessASGIServer._instances.get(None)
+    if PREFECT_API_URL.value() or (
+        current is not None and (isinstance(current, _owned_server_class()) or current.running)
+    ):
+        if early is not None:
+            stop_group(early[1], 5.0)
+            untie(early[2])
+        return
     if current is not None:
-        if isinstance(current, _owned_server_class()) or current.running:
-            return
         del SubprocessASGIServer._instances[None]
-    _owned_server_class()()
+    server = _owned_server_class()()
+    if early is not None:
+        server.adopt(*early)
+
+
+def _spawn_temporary_server(port: int, settings: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """Prefect's temporary API server on ``127.0.0.1:port`` (the command and environment of
+    ``SubprocessASGIServer``), in its own process group, tied to this process."""
+    env = {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        **settings,
+    }
+    env.pop("PREFECT_API_URL", None)
+    cmd = [
+        sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect_path()).parent),
+        "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+        "--port", str(port), "--log-level", "error", "--lifespan", "on",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=die_with_parent(),
+    )  # fmt: skip
+    return proc, tie(proc)
 
 
 @functools.cache
@@ -287,45 +327,44 @@ def _owned_server_class():
     from prefect.server.api.server import SubprocessASGIServer
 
     class OwnedPrefectServer(SubprocessASGIServer):
+        _early: subprocess.Popen | None = None
+        _tie: int | None = None
+
+        def adopt(self, port: int, process: subprocess.Popen, tied: int) -> None:
+            """Use a server process already started on ``port`` (``own_prefect_server``):
+            Prefect's ``start`` then only waits for its health answer. Stopped at exit even
+            if no flow ever needed it."""
+            self.port, self._early, self._tie = port, process, tied
+            self.server_process = process
+            atexit.register(self.stop)
+
         def find_available_port(self) -> int:
             return free_port()
 
         def _run_uvicorn_command(self) -> subprocess.Popen:
+            if self._early is not None and self._early.poll() is None:
+                process, self._early = self._early, None
+                return process
             from prefect.settings import get_current_settings
 
-            untie(getattr(self, "_tie", None))  # a retry on another port
-            env = {
-                **os.environ,
-                "PREFECT_UI_ENABLED": "0",
-                "PREFECT__SERVER_EPHEMERAL": "1",
-                "PREFECT__SERVER_FINAL": "1",
-                **get_current_settings().to_environment_variables(exclude_unset=True),
-            }
-            env.pop("PREFECT_API_URL", None)
-            cmd = [
-                sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect_path()).parent),
-                "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-                "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
-            ]  # fmt: skip
-            proc = subprocess.Popen(
-                cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-                preexec_fn=die_with_parent(),
-            )  # fmt: skip
-            self._tie = tie(proc)
-            return proc
+            untie(self._tie)  # a retry on another port, or the early server exited
+            settings = get_current_settings().to_environment_variables(exclude_unset=True)
+            process, self._tie = _spawn_temporary_server(self.port, settings)
+            return process
 
         def stop(self) -> None:
             process = self.server_process
             super().stop()
             if process is not None:
                 stop_group(process, 5.0)
-            untie(getattr(self, "_tie", None))
+            untie(self._tie)
             self._tie = None
 
     return OwnedPrefectServer
 
 
 def prefect_path() -> str:
-    import prefect
+    """Prefect's package folder, found without importing Prefect (seconds of imports)."""
+    import importlib.util
 
-    return str(prefect.__module_path__)
+    return str(importlib.util.find_spec("prefect").submodule_search_locations[0])

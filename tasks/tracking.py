@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -37,6 +36,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag  # noqa: E402
 
 from tasks import environment  # noqa: E402
+from tasks.killed import kill_reason  # noqa: E402
 
 PYFUNC_DIR = Path(__file__).parent / "pyfunc"
 # Loading a models-from-code model swaps a mock into sys.modules["dbutils"] and restores the
@@ -482,15 +482,6 @@ HOST_TAG, PID_TAG, ERROR_TAG = "mlcore.host", "mlcore.pid", "mlcore.error"
 UNSENT_DIR = "mlcore-unsent"
 
 
-class RunKilled(BaseException):
-    """Raised in the main thread by the CLI's SIGTERM/SIGINT handler: the run ends KILLED.
-    A BaseException, so no ``except Exception`` (nor a Prefect retry) swallows it."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(f"killed by {signal.Signals(signum).name}")
-
-
 class TrackingUnavailable(RuntimeError):
     """The tracking store went away during a flow; what it could not take is on local disk."""
 
@@ -503,22 +494,6 @@ def process_tags() -> dict[str, str]:
 def mark_process(run_id: str) -> None:
     """Tag ``run_id`` with the host and pid of this process (see ``reap_if_dead``)."""
     set_tags(run_id, process_tags())
-
-
-def kill_reason(exc: BaseException | None) -> str | None:
-    """``"killed by SIGTERM"`` when ``exc`` is a signal that stopped the process (ours, or the
-    ``TerminationSignal`` Prefect raises for SIGTERM inside a flow), else None."""
-    if isinstance(exc, RunKilled):
-        return str(exc)
-    if isinstance(exc, KeyboardInterrupt):
-        return "killed by SIGINT"
-    try:
-        from prefect.exceptions import TerminationSignal
-    except ImportError:  # pragma: no cover - prefect is a dependency
-        return None
-    if isinstance(exc, TerminationSignal):
-        return f"killed by {signal.Signals(exc.signal).name}"
-    return None
 
 
 def end_run(run_id: str, exc: BaseException | None = None) -> None:

@@ -1,0 +1,32 @@
+"""How a process was stopped by a signal. Kept apart from ``tasks.tracking`` (MLflow, pandas,
+matplotlib: seconds of imports) so that the CLI can install its signal handlers before it
+imports anything heavy."""
+
+from __future__ import annotations
+
+import signal
+
+
+class RunKilled(BaseException):
+    """Raised in the main thread by the CLI's SIGTERM/SIGINT handler: the run ends KILLED.
+    A BaseException, so no ``except Exception`` (nor a Prefect retry) swallows it."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"killed by {signal.Signals(signum).name}")
+
+
+def kill_reason(exc: BaseException | None) -> str | None:
+    """``"killed by SIGTERM"`` when ``exc`` is a signal that stopped the process (ours, or the
+    ``TerminationSignal`` Prefect raises for SIGTERM inside a flow), else None."""
+    if isinstance(exc, RunKilled):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "killed by SIGINT"
+    try:
+        from prefect.exceptions import TerminationSignal
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        return None
+    if isinstance(exc, TerminationSignal):
+        return f"killed by {signal.Signals(exc.signal).name}"
+    return None
