@@ -397,6 +397,7 @@ def run_pipeline(
 
 @app.command("sweep")
 @friendly_errors
+@preflight(flows=True)
 def sweep(
     experiment: Annotated[
         str | None, typer.Argument(help="housing or convnet (not with --resume).")

@@ -74,6 +74,11 @@ def task_runner(runner: str, workers: int | None, dask_address: str | None):
     if dask_address and runner != "dask":
         raise ValueError("--dask-address needs --runner dask")
     if runner == "sequential":
+        if workers not in (None, 1):
+            raise ValueError(
+                f"--workers {workers}: --runner sequential runs one trial at a time "
+                "(--runner threads or dask for more)"
+            )
         return ThreadPoolTaskRunner(max_workers=1), 1
     cores = workers or os.cpu_count() or 1
     if runner == "threads":

@@ -41,6 +41,10 @@ runner = CliRunner()
             ["housing", "--param", "alpha=1,2", "--dask-address", "tcp://127.0.0.1:1"],
             r"--dask-address needs --runner dask",
         ),  # fmt: skip
+        (
+            ["housing", "--param", "alpha=1,2", "--runner", "sequential", "--workers", "2"],
+            r"--workers 2: --runner sequential runs one trial at a time",
+        ),  # fmt: skip
         (["convnet", "--param", "hidden_dim=8,x"], r"hidden_dim: 'x' is not a valid int"),
         (["convnet", "--param", "update_rule=adam,adagrad"], r"'adagrad' is not one of sgd"),
         (["convnet", "--param", "seed=1,2"], r"seeded from --seed and the trial number"),
