@@ -71,12 +71,19 @@ def friendly_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from tasks.killed import kill_reason
+        from tasks.killed import OWNED, kill_reason
 
         restore = _catch_signals()
+        owned = len(OWNED)
         try:
             return fn(*args, **kwargs)
         except BaseException as exc:
+            reason = kill_reason(exc)
+            if len(OWNED) > owned and (reason or isinstance(exc, Exception)):
+                from tasks.tracking import RunStatus, end_own_runs, error_line
+
+                status = RunStatus.KILLED if reason else RunStatus.FAILED
+                end_own_runs(owned, reason or error_line(exc), status)
             if isinstance(exc, _user_errors()):
                 import httpx
                 from mlflow.exceptions import MlflowException
@@ -91,7 +98,6 @@ def friendly_errors(fn):
                 line = msg.splitlines()[0] if msg else type(exc).__name__
                 err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
                 raise typer.Exit(1) from None
-            reason = kill_reason(exc)
             if reason is None:
                 raise
             signum = getattr(exc, "signum", None) or getattr(exc, "signal", signal.SIGINT)

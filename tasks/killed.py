@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import signal
 
+# MLflow runs this process created or took over (tasks.tracking.mark_process, child runs), so
+# that a command stopped by a signal or an error can end any of them still RUNNING
+# (tasks.tracking.end_own_runs), whatever left it so.
+OWNED: list[str] = []
+
 
 class RunKilled(BaseException):
     """Raised in the main thread by the CLI's SIGTERM/SIGINT handler: the run ends KILLED.

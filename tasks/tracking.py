@@ -36,7 +36,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag  # noqa: E402
 
 from tasks import environment  # noqa: E402
-from tasks.killed import kill_reason  # noqa: E402
+from tasks.killed import OWNED, kill_reason  # noqa: E402
 
 PYFUNC_DIR = Path(__file__).parent / "pyfunc"
 # Loading a models-from-code model swaps a mock into sys.modules["dbutils"] and restores the
@@ -173,6 +173,7 @@ def child_run(parent_run_id: str, run_name: str, params: Mapping) -> Iterator[st
         yield run_id
         return
     _ROOT[run_id] = root
+    OWNED.append(run_id)
     try:
         log_params(run_id, params)
         yield run_id
@@ -494,6 +495,28 @@ def process_tags() -> dict[str, str]:
 def mark_process(run_id: str) -> None:
     """Tag ``run_id`` with the host and pid of this process (see ``reap_if_dead``)."""
     set_tags(run_id, process_tags())
+    OWNED.append(run_id)
+
+
+def end_own_runs(since: int, reason: str, status: int = RunStatus.KILLED) -> list[str]:
+    """The last word of a command that a signal or an error stopped: every run this process
+    owned (``OWNED[since:]``) that is still RUNNING ends ``status`` with ``reason`` in
+    ``mlcore.error``. The flows end their runs themselves (``end_run``); this covers what they
+    could not, e.g. a signal landing while the store was being written to. Returns the ids
+    of the runs it ended; a store that cannot be reached is left to the reaper."""
+    ended: list[str] = []
+    if tracking_store_error() is not None:
+        return ended
+    for run_id in dict.fromkeys(OWNED[since:]):
+        try:
+            if client().get_run(run_id).info.status != "RUNNING":
+                continue
+            set_tags(run_id, {ERROR_TAG: reason[:1000]})
+            client().set_terminated(run_id, RunStatus.to_string(status))
+            ended.append(run_id)
+        except Exception:  # noqa: BLE001 - reap_if_dead ends it at the next command
+            continue
+    return ended
 
 
 def end_run(run_id: str, exc: BaseException | None = None) -> None:

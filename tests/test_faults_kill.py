@@ -131,6 +131,31 @@ def test_ctrl_c_ends_the_run_killed(prefect_harness, data_env, mlflow_store, mon
     assert len(MlflowClient().get_metric_history(seen["run_id"], "val_acc")) == 1  # epoch 0
 
 
+def test_a_run_its_flow_could_not_end_is_ended_by_the_command(
+    prefect_harness, data_env, mlflow_store, monkeypatch
+):
+    """A signal can land while the flow writes to the store, and the flow's own end of its
+    run can fail; the command still ends every run it owned that is left RUNNING, KILLED
+    with the reason (here the flow's end_run does nothing, and a real SIGINT stops it)."""
+    from tasks import convnet as convnet_tasks
+
+    display_call = convnet_tasks._TrainingDisplay.__call__
+    seen = {}
+
+    def interrupt(self, kind, info):
+        if kind == "epoch" and info["epoch"] == 1:
+            seen["run_id"] = self.metrics.run_id
+            os.kill(os.getpid(), signal.SIGINT)
+        return display_call(self, kind, info)
+
+    monkeypatch.setattr(convnet_tasks._TrainingDisplay, "__call__", interrupt)
+    monkeypatch.setattr(tracking, "end_run", lambda run_id, exc=None: None)
+    result = runner.invoke(app, ["run", "convnet", "--epochs", "50", "--num-train", "100"])
+    assert result.exit_code == 128 + signal.SIGINT, result.output
+    run = MlflowClient().get_run(seen["run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["mlcore.error"] == "killed by SIGINT"
+
+
 def test_sigkill_leaves_no_process_and_the_next_command_reaps_the_run(tmp_path, monkeypatch):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cli, run_id, started = _start_training(tmp_path, store)
