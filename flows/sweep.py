@@ -363,8 +363,32 @@ def _outcome(rec: dict, future) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - a trial's failure is recorded, not fatal
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         state = "LOST" if _lost(exc) else "FAIL"
-        return {**base, "state": state, "error": f"{type(exc).__name__}: {first}", "metrics": {}}
+        error = f"{type(exc).__name__}: {first}"
+        if state == "LOST":
+            _crash_task_run(future, error)
+        return {**base, "state": state, "error": error, "metrics": {}}
     return {**base, **out, "state": "COMPLETE"}
+
+
+def _crash_task_run(future, reason: str) -> None:
+    """A trial whose Dask worker died cannot end its own Prefect task run, which would stay
+    RUNNING in the Prefect API (and UI) for ever: end it CRASHED with the reason. Best
+    effort: the sweep's outcome does not depend on it."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    task_run_id = getattr(future, "task_run_id", None)
+    if task_run_id is None:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_task_run(task_run_id).state
+            if state is None or not state.is_final():
+                client.set_task_run_state(
+                    task_run_id, Crashed(message=f"its Dask worker was lost: {reason}"), force=True
+                )
+    except Exception:  # noqa: BLE001 - the API's view is secondary to the sweep's result
+        return
 
 
 def _add(study: optuna.Study, space: dict, rec: dict, value: float | None) -> None:

@@ -55,6 +55,19 @@ def prefect_api(prefect_harness):
     return PREFECT_API_URL.value()
 
 
+def prefect_task_runs(mlflow_run) -> dict:
+    """The states of a flow run's task runs in the Prefect API, by task run name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = mlflow_run.data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name: r.state for r in runs}
+
+
 def blas_threads():
     from threadpoolctl import threadpool_info
 
@@ -217,6 +230,9 @@ def test_a_killed_worker_loses_its_trial_and_resume_finishes_it(
         assert client.get_run(parent_id).info.status == "FAILED"
         runs = trial_runs(parent_id)
         assert runs[lost_trial].info.status == "KILLED"
+        # ... and in the Prefect API, the lost trial's task run is CRASHED, not left RUNNING
+        lost = prefect_task_runs(client.get_run(parent_id))[f"trial-{lost_trial}"]
+        assert lost.type.value == "CRASHED" and "Dask worker was lost" in lost.message
         finished = {n for n, r in runs.items() if r.info.status == "FINISHED"}
         assert lost_trial not in finished and finished <= {0, 1, 2, 3}
         # resume on the surviving worker: only the unfinished trials run
