@@ -57,9 +57,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/mlcore run pipeline
 
-## make test: the lock matches pyproject.toml, lint, format check, then the test suite
+## make test: the lock matches pyproject.toml, lint, format check, then the test suite on two
+## pytest-xdist workers (most of its time is spent waiting on servers and subprocesses)
+PYTEST_ARGS ?= -n 2 --dist load --maxschedchunk 1
 test: lock-check lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make lock: re-resolve uv.lock after editing pyproject.toml's dependencies (keeps the other
 ## pins; make lock LOCK_ARGS=--upgrade moves everything to the newest allowed versions)

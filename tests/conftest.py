@@ -19,6 +19,9 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# pytest-xdist's workers run with COLUMNS=80, and the CLI's rich console reads COLUMNS once, at
+# import: the tests' own COLUMNS (CliRunner's env) must win, as in a user's terminal.
+os.environ.pop("COLUMNS", None)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -140,3 +143,18 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# make test runs the suite on two pytest-xdist workers that take one test at a time from the
+# front of the list (-n 2 --dist load --maxschedchunk 1). The tests that start servers, clusters
+# and CLI processes take a minute or more each: they go first, so that the two workers share
+# them and no long test starts last, alone.
+LONG_FIRST = (
+    "test_deployments.py", "test_sweep_dask.py", "test_faults_kill.py", "test_faults_tracking.py",
+    "test_fast_kernels_guard.py", "test_resume.py", "test_rerun.py", "test_registry.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
