@@ -89,7 +89,6 @@ def friendly_errors(fn):
                 from mlflow.exceptions import MlflowException
 
                 msg = exc.message if isinstance(exc, MlflowException) else str(exc)
-
                 if isinstance(exc, httpx.TransportError | ConnectionRefusedError):
                     from prefect.settings import PREFECT_API_URL
 

@@ -105,8 +105,9 @@ def test_sigterm_ends_the_run_killed_and_stops_what_the_cli_started(tmp_path):
     assert _wait_gone(started) == []
 
 
-def test_ctrl_c_ends_the_run_killed(prefect_harness, data_env, mlflow_store, monkeypatch):
-    """A real SIGINT to this process (the CLI runs in it) as the first epoch ends."""
+def _sigint_after_first_epoch(monkeypatch) -> dict:
+    """A real SIGINT to this process (where the CLI runs) as the ConvNet's first epoch ends;
+    the returned dict gets the run's id."""
     from tasks import convnet as convnet_tasks
 
     display_call = convnet_tasks._TrainingDisplay.__call__
@@ -119,6 +120,12 @@ def test_ctrl_c_ends_the_run_killed(prefect_harness, data_env, mlflow_store, mon
         return display_call(self, kind, info)
 
     monkeypatch.setattr(convnet_tasks._TrainingDisplay, "__call__", interrupt)
+    return seen
+
+
+def test_ctrl_c_ends_the_run_killed(prefect_harness, data_env, mlflow_store, monkeypatch):
+    """A real SIGINT to this process (the CLI runs in it) as the first epoch ends."""
+    seen = _sigint_after_first_epoch(monkeypatch)
     before = signal.getsignal(signal.SIGINT)
     result = runner.invoke(app, ["run", "convnet", "--epochs", "50", "--num-train", "100"])
     assert result.exit_code == 128 + signal.SIGINT, result.output
@@ -137,18 +144,7 @@ def test_a_run_its_flow_could_not_end_is_ended_by_the_command(
     """A signal can land while the flow writes to the store, and the flow's own end of its
     run can fail; the command still ends every run it owned that is left RUNNING, KILLED
     with the reason (here the flow's end_run does nothing, and a real SIGINT stops it)."""
-    from tasks import convnet as convnet_tasks
-
-    display_call = convnet_tasks._TrainingDisplay.__call__
-    seen = {}
-
-    def interrupt(self, kind, info):
-        if kind == "epoch" and info["epoch"] == 1:
-            seen["run_id"] = self.metrics.run_id
-            os.kill(os.getpid(), signal.SIGINT)
-        return display_call(self, kind, info)
-
-    monkeypatch.setattr(convnet_tasks._TrainingDisplay, "__call__", interrupt)
+    seen = _sigint_after_first_epoch(monkeypatch)
     monkeypatch.setattr(tracking, "end_run", lambda run_id, exc=None: None)
     result = runner.invoke(app, ["run", "convnet", "--epochs", "50", "--num-train", "100"])
     assert result.exit_code == 128 + signal.SIGINT, result.output
