@@ -587,9 +587,9 @@ def _reap(run) -> bool:
     if host != socket.gethostname() or not (pid or "").isdigit():
         return False  # another machine's process, or no owner recorded: cannot tell
     started = _process_start(int(pid))
-    # a pid taken over by a process started after the run is not the run's process; the
-    # second of slack covers the whole-second boot time the start time is computed from
-    if started is not None and started <= run.info.start_time / 1000 + 1.0:
+    # a pid taken over by a process started after the run is not the run's process; the half
+    # second of slack covers clock ticks and a small clock adjustment between the two readings
+    if started is not None and started <= run.info.start_time / 1000 + 0.5:
         return False
     gone = "no longer running" if started is None else "now belongs to another process"
     reason = f"process {pid} on {host} is gone ({gone}); found by mlcore at {time.ctime()}"
@@ -607,9 +607,22 @@ def _process_start(pid: int) -> float | None:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
-        return proc.create_time()
+        since_boot = proc.create_time() - psutil.boot_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+    return _boot_time(psutil.boot_time()) + since_boot
+
+
+def _boot_time(whole_seconds: float) -> float:
+    """The boot time to the hundredth of a second where /proc/uptime tells it: Linux's
+    btime, which psutil adds to a process's start, is truncated to the second, which made a
+    process started up to a second after a run look started before it."""
+    try:
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return whole_seconds
+    return time.time() - uptime
 
 
 # --- is the tracking store there? ---------------------------------------------------------

@@ -212,7 +212,7 @@ def test_reap_if_dead_ends_only_runs_whose_process_is_gone(mlflow_store):
 
 def test_a_pid_taken_by_a_later_process_counts_as_gone(mlflow_store):
     run_id = _run_owned_by(0)  # placeholder: the pid is set once the later process exists
-    time.sleep(1.5)  # the later process must start after the run (past the second of slack)
+    time.sleep(1.5)  # the later process must start after the run (past the half second of slack)
     later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         MlflowClient().set_tag(run_id, "mlcore.pid", str(later.pid))
