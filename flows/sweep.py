@@ -94,9 +94,12 @@ def task_runner(runner: str, workers: int | None, dask_address: str | None):
     # one BLAS/OpenMP thread per worker process (set in the workers' environment, not ours):
     # two workers with two threads each would fight over the cores
     one_thread = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    # no dashboard; the scheduler's small HTTP server (health checks) on a free loopback port,
+    # not on 8787, which a second sweep or any other cluster may hold
     cluster = {
         "n_workers": cores, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
-        "dashboard_address": None, "env": one_thread,
+        "dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashboard": False},
+        "env": one_thread,
     }  # fmt: skip
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster), None
 

@@ -1,12 +1,14 @@
 """mlcore sweep on Dask: a LocalCluster of worker processes, an existing cluster started here
 (``dask scheduler`` / ``dask worker`` on free loopback ports), and a worker killed mid-trial."""
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -74,13 +76,25 @@ def blas_threads():
     return {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
 
 
+def _scheduler_http(dask_scheduler):
+    return dask_scheduler.http_server.address, dask_scheduler.http_server.port
+
+
 def test_local_cluster_workers_have_one_blas_thread_and_ours_is_untouched():
     before = dict(os.environ)
     runner_obj, width = task_runner("dask", 2, None)
     assert width is None
-    with runner_obj:
+    taken = socket.socket()  # Dask's default HTTP port held, as a second cluster would hold it
+    with contextlib.suppress(OSError):
+        taken.bind(("127.0.0.1", 8787))
+        taken.listen()
+    with taken, runner_obj, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         assert connect(runner_obj) == 2
         client = runner_obj.client
+        host, port = client.run_on_scheduler(_scheduler_http)
+        assert host == "127.0.0.1" and port not in (0, 8787)
+        assert not [w for w in caught if "already in use" in str(w.message)]
         assert os.environ == before
         envs = client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
         threads = client.run(blas_threads)
