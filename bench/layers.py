@@ -17,8 +17,11 @@ process (this script with ``--worker``) with its own defaults:
 
 The parent process only coordinates: for each case it has every worker warm up and pick how
 many back-to-back calls make one sample (~25 ms; ~8 ms with ``--quick``), then runs the rounds,
-asking one worker at a time for a sample (the order alternates every round, with a short pause
-between hand-overs so the previous worker's threads are idle). Each figure is the median over
+asking one worker at a time for a sample (the order alternates every round). Before each
+hand-over the parent waits until none of the previous worker's threads is runnable (read from
+/proc: OpenBLAS keeps its threads spinning for about 0.1 s after a GEMM, PyTorch's OpenMP for a
+few ms, and a worker timed beside them shares the two cores), then a short pause more; the
+median and longest wait per worker are in the results. Each figure is the median over
 rounds; each fast/torch figure is the median of the per-round ratios with their min-max. The
 table is printed (with rich if available) and written to bench/results/layers.json and
 layers.md with the machine description, the load average and each worker's thread pools.
@@ -445,6 +448,37 @@ class Worker:
         self.proc.stdin.flush()
         return self._read()
 
+    def running_threads(self) -> int | None:
+        """How many of the worker's threads are runnable (state R), None where /proc is not."""
+        try:
+            tasks = os.listdir(f"/proc/{self.proc.pid}/task")
+        except OSError:
+            return None
+        n = 0
+        for tid in tasks:
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{tid}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # the thread ended
+            n += stat[stat.rfind(")") + 2] == "R"
+        return n
+
+    def wait_idle(self, timeout: float) -> float:
+        """Wait until none of the worker's threads runs (twice in a row, 1 ms apart), at most
+        ``timeout`` s; return the seconds waited. After its last GEMM OpenBLAS keeps its threads
+        spinning for about 0.1 s, PyTorch's OpenMP for a few ms: a worker timed while another
+        one's threads still spin shares the cores with them."""
+        t0 = time.perf_counter()
+        quiet = 0
+        while quiet < 2 and time.perf_counter() - t0 < timeout:
+            n = self.running_threads()
+            if n is None:
+                break
+            quiet = quiet + 1 if n == 0 else 0
+            time.sleep(0.001)
+        return time.perf_counter() - t0
+
     def close(self):
         if self.proc.poll() is None:
             try:
@@ -456,16 +490,28 @@ class Worker:
                 self.proc.wait()
 
 
-def run_case(case, workers, rounds, target, naive_rounds, gap):
-    """Samples per engine of one case: {engine: [seconds per call, one per round]}."""
+IDLE_TIMEOUT = 2.0  # seconds a hand-over waits at most for the previous worker's threads
+
+
+def run_case(case, workers, rounds, target, naive_rounds, gap, idle_waits=None):
+    """Samples per engine of one case: {engine: [seconds per call, one per round]}. Between
+    two samples the previous worker's threads are let go idle (``Worker.wait_idle``; the
+    seconds waited are appended to ``idle_waits[worker kind]``), then ``gap`` s more."""
+
+    def hand_over(w):
+        waited = w.wait_idle(IDLE_TIMEOUT)
+        if idle_waits is not None:
+            idle_waits.setdefault(w.kind, []).append(waited)
+        time.sleep(gap)
+
     slots = []  # (worker, engine, reps)
     for w in workers:
         for engine in sorted(w.offers.get(case, ())):
             cal = w.ask(cmd="calibrate", case=case, engine=engine, target=target)
+            hand_over(w)
             if engine == "naive" and cal["first"] > 20.0:
                 continue
             slots.append((w, engine, cal["reps"]))
-            time.sleep(gap)
     samples = {engine: [] for _, engine, _ in slots}
     for r in range(rounds):
         order = slots if r % 2 == 0 else slots[::-1]  # alternate who goes first
@@ -475,7 +521,7 @@ def run_case(case, workers, rounds, target, naive_rounds, gap):
             samples[engine].append(
                 w.ask(cmd="time", case=case, engine=engine, reps=reps)["seconds"]
             )
-            time.sleep(gap)
+            hand_over(w)
     return samples
 
 
@@ -893,6 +939,7 @@ def main(argv=None):
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     workers = []
     rows = []
+    idle_waits: dict[str, list[float]] = {}
     try:
         for kind in kinds:
             workers.append(Worker(kind, args))
@@ -903,7 +950,7 @@ def main(argv=None):
         for name, group, kind in case_list():
             if args.only and args.only not in name:
                 continue
-            samples = run_case(name, workers, rounds, target, naive_rounds, gap)
+            samples = run_case(name, workers, rounds, target, naive_rounds, gap, idle_waits)
             rows.append(summarize(name, group, kind, samples))
             r = rows[-1]
             ratio = r.get("fast_over_torch")
@@ -916,12 +963,18 @@ def main(argv=None):
         for w in workers:
             w.close()
 
+    info["idle_wait_ms"] = {
+        kind: {"median": 1e3 * statistics.median(v), "max": 1e3 * max(v)}
+        for kind, v in idle_waits.items()
+    }
     info["loadavg_at_start"] = load_start
     info["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     notes.append(
         "float32 unless stated; every engine in its own process (mlcore: OMP_WAIT_POLICY="
         "passive and OMP/OPENBLAS threads pinned; torch: only torch.set_num_threads); rounds "
-        "alternate between the processes; ms = median over rounds; fast/torch = median of the "
+        "alternate between the processes, and each hand-over waits until no thread of the "
+        "previous worker runs (OpenBLAS spins ~0.1 s after a GEMM) plus "
+        f"{1e3 * gap:.0f} ms; ms = median over rounds; fast/torch = median of the "
         "per-round ratios (min-max); GEMM = the np.matmul calls of the fast conv alone on its "
         "own column matrix (forward: one GEMM over all images; backward: the [dw|db] and the "
         "column gradient GEMMs)."
