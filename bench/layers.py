@@ -16,7 +16,9 @@ process (this script with ``--worker``) with its own defaults:
 * the **naive** worker (mlcore's naive layers) has the mlcore worker's settings.
 
 The parent process only coordinates: for each case it has every worker warm up and pick how
-many back-to-back calls make one sample (~25 ms; ~8 ms with ``--quick``), then runs the rounds,
+many back-to-back calls make one sample (``--sample-ms``, 100 ms by default: several training
+steps, so that the first call after another worker's turn, with caches the other worker
+evicted, weighs little; ~8 ms with ``--quick``), then runs the rounds,
 asking one worker at a time for a sample (the order alternates every round). Before each
 hand-over the parent waits until none of the previous worker's threads is runnable (read from
 /proc: OpenBLAS keeps its threads spinning for about 0.1 s after a GEMM, PyTorch's OpenMP for a
@@ -64,6 +66,12 @@ def parse_args(argv=None):
     p.add_argument("--memory", action="store_true", help="also measure an epoch's peak memory")
     p.add_argument("--profile", action="store_true", help="also profile the mlcore step")
     p.add_argument("--only", default=None, help="only the cases whose name contains this")
+    p.add_argument(
+        "--sample-ms",
+        type=float,
+        default=100.0,
+        help="length of one timed sample, back-to-back calls (default 100 ms)",
+    )
     p.add_argument("--worker", choices=["mlcore", "torch", "naive"], help=argparse.SUPPRESS)
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--memory-steps", type=int, default=None, help=argparse.SUPPRESS)
@@ -918,7 +926,7 @@ def main(argv=None):
         print(json.dumps(profile_step(args.profile_reps, cpu=args.threads == 1)))
         return 0
     rounds = args.rounds or (3 if args.quick else 25)
-    target = 0.008 if args.quick else 0.025
+    target = 0.008 if args.quick else args.sample_ms / 1e3
     naive_rounds = 1 if args.quick else 3
     gap = 0.005 if args.quick else 0.02
     notes = []
