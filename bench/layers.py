@@ -9,9 +9,9 @@ more about their interference than about either. So every engine runs in its own
 process (this script with ``--worker``) with its own defaults:
 
 * the **mlcore** worker (fast layers, the GEMM share, the ThreeLayerConvNet step) sets what
-  mlcore's entry points set: ``OMP_WAIT_POLICY=passive`` (unless the environment sets a
-  policy) and ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` = ``--threads``, before numpy
-  is imported;
+  mlcore's entry points set: ``OMP_WAIT_POLICY=passive`` and ``OPENBLAS_THREAD_TIMEOUT=20``
+  (unless the environment sets them) and ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` =
+  ``--threads``, before numpy is imported;
 * the **torch** worker changes nothing but ``torch.set_num_threads(--threads)``;
 * the **naive** worker (mlcore's naive layers) has the mlcore worker's settings.
 
@@ -91,6 +91,7 @@ def parse_args(argv=None):
 def mlcore_settings(threads: int) -> None:
     """The mlcore worker's settings (what mlcore's entry points set); before numpy loads."""
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
 
@@ -979,7 +980,8 @@ def main(argv=None):
     info["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     notes.append(
         "float32 unless stated; every engine in its own process (mlcore: OMP_WAIT_POLICY="
-        "passive and OMP/OPENBLAS threads pinned; torch: only torch.set_num_threads); rounds "
+        "passive, OPENBLAS_THREAD_TIMEOUT=20 and OMP/OPENBLAS threads pinned; torch: only "
+        "torch.set_num_threads); rounds "
         "alternate between the processes, and each hand-over waits until no thread of the "
         "previous worker runs (OpenBLAS spins ~0.1 s after a GEMM) plus "
         f"{1e3 * gap:.0f} ms; ms = median over rounds; fast/torch = median of the "

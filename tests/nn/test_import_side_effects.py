@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Run in a fresh interpreter: first every third-party module that mlcore imports (their own
@@ -74,3 +76,51 @@ def test_importing_every_mlcore_module_changes_no_process_state():
     assert after["root_level"] == before["root_level"]
     assert after["root_handlers"] == before["root_handlers"]
     assert after["logging_disable"] == before["logging_disable"]
+
+
+CLI_PROBE = """
+import json, os, sys, threading, time
+import flows.cli
+import numpy as np
+a = np.ones((512, 512), np.float32)
+a @ a  # OpenBLAS's helper thread works, then spins until its timeout
+
+def spinning():
+    me, n = threading.get_native_id(), 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) != me:
+            stat = open(f"/proc/self/task/{tid}/stat").read()
+            n += stat[stat.rfind(")") + 2] == "R"
+    return n
+
+t0 = time.perf_counter()
+while spinning() and time.perf_counter() - t0 < 1.0:
+    time.sleep(0.0005)
+print(json.dumps({
+    "env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")},
+    "spin_s": time.perf_counter() - t0,
+}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread states in /proc")
+@pytest.mark.parametrize("preset", [None, "24"])
+def test_the_cli_sets_the_thread_wait_settings_before_numpy_loads_and_keeps_the_users(preset):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["OPENBLAS_NUM_THREADS"] = "2"  # a helper thread that can spin
+    if preset:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI_PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["env"] == {"OMP_WAIT_POLICY": "passive", "OPENBLAS_THREAD_TIMEOUT": preset or "20"}
+    # numpy's OpenBLAS read the setting (it loaded after it was made): its helper thread went
+    # to sleep at once, not after OpenBLAS's default 2**28 cycles (~0.1 s)
+    assert got["spin_s"] < 0.05, got
