@@ -624,7 +624,7 @@ def profile_step(reps: int, cpu: bool) -> dict:
             "copies",
             lambda: np.copyto(dflat.reshape(F, N, P), da.reshape(N, F, P).transpose(1, 0, 2)),
         ),
-        ("conv1 bwd: GEMM [dw|db]", "GEMM", lambda: np.matmul(dflat, cols.reshape(K + 1, -1).T)),
+        ("conv1 bwd: GEMM dw and db", "GEMM", lambda: np.matmul(dflat, cols.reshape(K + 1, -1).T)),
         (
             "conv1 bwd: whole layer (no dx)",
             None,
