@@ -607,22 +607,29 @@ def _process_start(pid: int) -> float | None:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
-        since_boot = proc.create_time() - psutil.boot_time()
+        coarse = proc.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    return _boot_time(psutil.boot_time()) + since_boot
+    return _precise_start(pid, coarse)
 
 
-def _boot_time(whole_seconds: float) -> float:
-    """The boot time to the hundredth of a second where /proc/uptime tells it: Linux's
-    btime, which psutil adds to a process's start, is truncated to the second, which made a
-    process started up to a second after a run look started before it."""
+def _precise_start(pid: int, coarse: float) -> float:
+    """``coarse`` (psutil's start time: the whole-second boot time Linux gives, btime, plus
+    the process's start in clock ticks since boot) made precise where /proc tells the boot
+    time to the hundredth of a second: btime's truncation made a process started up to a
+    second after a run look started before it. Falls back to ``coarse`` wherever the two
+    disagree by more than btime's truncation can explain (a /proc/uptime that a container
+    virtualises counts from another boot)."""
     try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        ticks = int(stat[stat.rfind(")") + 2 :].split()[19])  # field 22: starttime
         with open("/proc/uptime") as f:
             uptime = float(f.read().split()[0])
+        precise = time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        return whole_seconds
-    return time.time() - uptime
+        return coarse
+    return precise if -0.1 <= precise - coarse <= 1.1 else coarse
 
 
 # --- is the tracking store there? ---------------------------------------------------------

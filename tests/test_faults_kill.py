@@ -225,6 +225,27 @@ def test_a_pid_taken_by_a_later_process_counts_as_gone(mlflow_store):
         later.wait()
 
 
+def test_a_process_start_is_precise_and_falls_back_where_proc_disagrees():
+    import psutil
+
+    from tasks.tracking import _precise_start, _process_start
+
+    before = time.time()
+    later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = _process_start(later.pid)
+        # to clock ticks, not to psutil's whole-second boot time (up to 1 s early)
+        assert before - 0.05 <= started <= time.time() + 0.05
+        coarse = psutil.Process(later.pid).create_time()
+        assert 0 <= started - coarse < 1.1
+        # a /proc that counts from another boot (a virtualised uptime): psutil's value is kept
+        assert _precise_start(later.pid, coarse - 100.0) == coarse - 100.0
+    finally:
+        later.kill()
+        later.wait()
+    assert _precise_start(later.pid, 123.0) == 123.0  # gone: nothing in /proc to refine with
+
+
 def test_reap_dead_runs_and_rerun_read_runs_right(mlflow_store):
     client = MlflowClient()
     dead = [_run_owned_by(_finished_process()) for _ in range(2)]
