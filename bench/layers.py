@@ -22,8 +22,9 @@ evicted, weighs little; ~8 ms with ``--quick``), then runs the rounds,
 asking one worker at a time for a sample (the order alternates every round). Before each
 hand-over the parent waits until none of the previous worker's threads is runnable (read from
 /proc: OpenBLAS keeps its threads spinning for about 0.1 s after a GEMM, PyTorch's OpenMP for a
-few ms, and a worker timed beside them shares the two cores), then a short pause more; the
-median and longest wait per worker are in the results. Each figure is the median over
+about 8 ms, and a worker timed beside them shares the two cores), then a short pause more; the
+median and longest wait per worker (each at least the ~1 ms between two looks) are in the
+results, and a warning when a wait gave up or /proc could not tell. Each figure is the median over
 rounds; each fast/torch figure is the median of the per-round ratios with their min-max. The
 table is printed (with rich if available) and written to bench/results/layers.json and
 layers.md with the machine description, the load average and each worker's thread pools.
@@ -69,8 +70,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--sample-ms",
         type=float,
-        default=100.0,
-        help="length of one timed sample, back-to-back calls (default 100 ms)",
+        default=None,
+        help="length of one timed sample, back-to-back calls (default 100 ms, quick 8 ms)",
     )
     p.add_argument("--worker", choices=["mlcore", "torch", "naive"], help=argparse.SUPPRESS)
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -473,20 +474,22 @@ class Worker:
             n += stat[stat.rfind(")") + 2] == "R"
         return n
 
-    def wait_idle(self, timeout: float) -> float:
+    def wait_idle(self, timeout: float) -> float | None:
         """Wait until none of the worker's threads runs (twice in a row, 1 ms apart), at most
-        ``timeout`` s; return the seconds waited. After its last GEMM OpenBLAS keeps its threads
-        spinning for about 0.1 s, PyTorch's OpenMP for a few ms: a worker timed while another
-        one's threads still spin shares the cores with them."""
+        ``timeout`` s; return the seconds waited (at least the ~1 ms between the two looks),
+        None where /proc cannot tell. After its last GEMM OpenBLAS keeps its threads
+        spinning for about 0.1 s, PyTorch's OpenMP for about 8 ms: a worker timed while
+        another one's threads still spin shares the cores with them."""
         t0 = time.perf_counter()
         quiet = 0
-        while quiet < 2 and time.perf_counter() - t0 < timeout:
+        while True:
             n = self.running_threads()
             if n is None:
-                break
+                return None
             quiet = quiet + 1 if n == 0 else 0
+            if quiet == 2 or time.perf_counter() - t0 >= timeout:
+                return time.perf_counter() - t0
             time.sleep(0.001)
-        return time.perf_counter() - t0
 
     def close(self):
         if self.proc.poll() is None:
@@ -927,7 +930,7 @@ def main(argv=None):
         print(json.dumps(profile_step(args.profile_reps, cpu=args.threads == 1)))
         return 0
     rounds = args.rounds or (3 if args.quick else 25)
-    target = 0.008 if args.quick else args.sample_ms / 1e3
+    target = (args.sample_ms or (8.0 if args.quick else 100.0)) / 1e3
     naive_rounds = 1 if args.quick else 3
     gap = 0.005 if args.quick else 0.02
     notes = []
@@ -973,9 +976,22 @@ def main(argv=None):
             w.close()
 
     info["idle_wait_ms"] = {
-        kind: {"median": 1e3 * statistics.median(v), "max": 1e3 * max(v)}
+        kind: {
+            "median": 1e3 * statistics.median(w),
+            "max": 1e3 * max(w),
+            "timeouts": sum(x >= IDLE_TIMEOUT for x in w),
+        }
         for kind, v in idle_waits.items()
+        if (w := [x for x in v if x is not None])
     }
+    unknown = sum(x is None for v in idle_waits.values() for x in v)
+    timeouts = sum(d["timeouts"] for d in info["idle_wait_ms"].values())
+    if unknown or timeouts:
+        notes.append(
+            f"WARNING: {unknown} hand-overs could not see the workers' threads (no /proc) and "
+            f"{timeouts} gave up after {IDLE_TIMEOUT:.0f} s with threads still running: those "
+            "samples may share the cores with the previous worker's threads."
+        )
     info["loadavg_at_start"] = load_start
     info["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     notes.append(

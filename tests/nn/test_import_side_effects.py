@@ -104,6 +104,7 @@ print(json.dumps({
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread states in /proc")
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenBLAS starts no helper thread on one CPU")
 @pytest.mark.parametrize("preset", [None, "24"])
 def test_the_cli_sets_the_thread_wait_settings_before_numpy_loads_and_keeps_the_users(preset):
     env = {
@@ -123,4 +124,4 @@ def test_the_cli_sets_the_thread_wait_settings_before_numpy_loads_and_keeps_the_
     assert got["env"] == {"OMP_WAIT_POLICY": "passive", "OPENBLAS_THREAD_TIMEOUT": preset or "20"}
     # numpy's OpenBLAS read the setting (it loaded after it was made): its helper thread went
     # to sleep at once, not after OpenBLAS's default 2**28 cycles (~0.1 s)
-    assert got["spin_s"] < 0.05, got
+    assert got["spin_s"] < 0.03, got
