@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.experiments import CONVNET, nested_tags, register_best
 from mlcore.data import DATASETS
 from mlcore.data.images import class_names
 from tasks import tracking
@@ -11,45 +12,48 @@ from tasks.convnet import (
     evaluate_convnet,
     gradient_gate,
     load_images,
-    model_config,
     train_convnet,
-    training_config,
     training_started,
 )
 from tasks.data import fetch_dataset
-from tasks.registry import (
-    ACCURACY_MARGIN,
-    convnet_data_key,
-    majority_baseline,
-    register_model,
-)
+from tasks.registry import majority_baseline
+
+D = CONVNET.defaults()
+ARCHITECTURE = ("num_filters", "filter_size", "hidden_dim", "weight_scale", "reg")
 
 
 @flow(name="convnet_training", log_prints=True)
 def convnet_training(
-    dataset: str = "digits",
-    epochs: int = 10,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    update_rule: str = "adam",
-    lr_decay: float = 1.0,
-    reg: float = 0.0,
-    hidden_dim: int | None = None,
-    num_filters: int | None = None,
-    filter_size: int | None = None,
-    weight_scale: float | None = None,
-    num_train: int | None = None,
-    seed: int = 0,
+    dataset: str = D["dataset"],
+    epochs: int = D["epochs"],
+    batch_size: int | None = D["batch_size"],
+    lr: float | None = D["lr"],
+    update_rule: str = D["update_rule"],
+    lr_decay: float = D["lr_decay"],
+    reg: float = D["reg"],
+    hidden_dim: int | None = D["hidden_dim"],
+    num_filters: int | None = D["num_filters"],
+    filter_size: int | None = D["filter_size"],
+    weight_scale: float | None = D["weight_scale"],
+    num_train: int | None = D["num_train"],
+    seed: int = D["seed"],
     resume: str | None = None,
+    parent_run_id: str | None = None,
+    run_tags: dict[str, str] | None = None,
+    register: bool = True,
 ) -> dict:
-    """load -> gradient gate on a tiny batch -> train with Solver -> evaluate on test -> log.
-    Architecture and optimiser parameters left as None take the dataset's defaults
-    (tasks.convnet.MODEL_DEFAULTS and TRAINING_DEFAULTS).
+    """load -> gradient gate on a tiny batch -> train with Solver -> evaluate on test -> log
+    -> register. Architecture and optimiser parameters left as None take the dataset's
+    defaults (flows.experiments.CONVNET).
 
     ``resume``: the MLflow run id of an unfinished run of this flow, to continue from its last
-    checkpoint, in that same run; the other arguments must be the ones it was started with."""
+    checkpoint, in that same run; the other arguments must be the ones it was started with.
+    ``parent_run_id`` nests the flow's MLflow run under another (a sweep's trial) and
+    ``run_tags`` are set on it as it is created; ``register=False`` leaves the model registry
+    alone."""
     call = dict(locals())
-    call.pop("resume")
+    for key in ("resume", "parent_run_id", "run_tags", "register"):
+        call.pop(key)
     if resume is not None:
         recorded = tracking.resumable_params(resume, "convnet_training")
         changed = sorted(k for k in {*call, *recorded} if call.get(k) != recorded.get(k))
@@ -58,21 +62,15 @@ def convnet_training(
                 f"cannot resume run {resume} with other parameters: {changed[0]} was "
                 f"{recorded.get(changed[0])!r}, now {call.get(changed[0])!r}"
             )
-    config = model_config(
-        dataset, hidden_dim=hidden_dim, num_filters=num_filters, filter_size=filter_size,
-        weight_scale=weight_scale, reg=reg,
-    )  # fmt: skip
-    training = training_config(dataset, lr=lr, batch_size=batch_size)
-    solver_config = {
-        "update_rule": update_rule, "optim_config": {"learning_rate": training["lr"]},
-        "lr_decay": lr_decay, "batch_size": training["batch_size"], "num_epochs": epochs,
-        "num_train_samples": 1000,
-    }  # fmt: skip
-    resolved = {**config, **solver_config}
+    values = CONVNET.resolve(call)
+    config = architecture(**values)
+    solver_config = solver_settings(values)
+    resolved = {**config, **solver_config, "lr": values["lr"]}
     resolved.pop("optim_config")
-    resolved["lr"] = training["lr"]
     run = (
-        tracking.parent_run("convnet", "convnet_training", call, resolved)
+        tracking.parent_run(
+            "convnet", "convnet_training", call, resolved, tags=nested_tags(parent_run_id, run_tags)
+        )
         if resume is None
         else tracking.reopened_run(resume)
     )
@@ -87,10 +85,27 @@ def convnet_training(
         trained = train_convnet(data, num_classes, config, solver_config, seed, run_id)
         result = evaluate_convnet(trained, data, run_id)
         result["resumed_from_epoch"] = trained["resumed_from_epoch"]
-        baseline = majority_baseline(data["y_train"], data["y_val"])
-        result["registered"] = register_model(
-            result["model_uri"], f"{dataset}-convnet", "best_val_acc", result["best_val_acc"],
-            True, convnet_data_key(dataset, num_train), run_id, baseline, "majority",
-            ACCURACY_MARGIN,
-        )  # fmt: skip
+        result["baseline"] = majority_baseline(data["y_train"], data["y_val"])
+        tracking.log_metrics(run_id, {CONVNET.baseline_metric: result["baseline"]})
+        result["registered"] = None
+        if register:
+            result["registered"] = register_best(
+                CONVNET, values, result["model_uri"], "best_val_acc", result["best_val_acc"],
+                run_id, result["baseline"],
+            )  # fmt: skip
         return result
+
+
+def architecture(**values) -> dict:
+    """ThreeLayerConvNet's arguments for the flow parameters ``values`` (the rest: defaults)."""
+    resolved = CONVNET.resolve(values)
+    return {k: resolved[k] for k in ARCHITECTURE}
+
+
+def solver_settings(values: dict) -> dict:
+    """The Solver's keyword arguments for the resolved parameters ``values``."""
+    return {
+        "update_rule": values["update_rule"], "optim_config": {"learning_rate": values["lr"]},
+        "lr_decay": values["lr_decay"], "batch_size": values["batch_size"],
+        "num_epochs": values["epochs"], "num_train_samples": 1000,
+    }  # fmt: skip

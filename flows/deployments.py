@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from flows.experiments import by_flow
 from flows.params import parse_overrides
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -77,5 +78,8 @@ def run_on_server(name: str, sets: list[str], wait: bool, timeout: float):
                 f"no deployment {name!r} on the server (deployments: {known or 'none'})"
             ) from None
     flow = load_flow_from_entrypoint(str(PROJECT_DIR / deployment.entrypoint))
-    parameters = parse_overrides(flow, sets)
+    exp = by_flow(flow.name)
+    if exp is None:
+        raise ValueError(f"deployment {name!r} runs {flow.name}, which is no mlcore experiment")
+    parameters = parse_overrides(exp, sets)
     return run_deployment(name, parameters=parameters, timeout=timeout if wait else 0)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.experiments import GRADCHECK
 from mlcore.nn.checks import GRADIENT_CHECKS
 from tasks import tracking
 from tasks.gradcheck import enforce_thresholds, gradient_check
 
+D = GRADCHECK.defaults()
+
 
 @flow(name="gradient_check", log_prints=True)
-def gradient_check_flow(layers: list[str] | None = None, seed: int = 231) -> dict:
+def gradient_check_flow(layers: list[str] | None = D["layers"], seed: int = D["seed"]) -> dict:
     """Analytic vs numeric gradients in float64 for ``layers`` (default: all), logged to the
     MLflow experiment ``gradcheck``; the flow and its run fail if any check fails."""
     call = dict(locals())

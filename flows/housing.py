@@ -1,4 +1,5 @@
-"""Experiment 1: linear regression on LIBSVM housing_scale, as a Prefect flow."""
+"""Experiment 1: linear regression on LIBSVM housing_scale, as a Prefect flow (its parameters
+are declared in flows.experiments.HOUSING)."""
 
 from __future__ import annotations
 
@@ -6,45 +7,59 @@ from itertools import product
 
 from prefect import flow
 
+from flows.experiments import HOUSING, nested_tags, register_best
 from tasks import tracking
 from tasks.data import fetch_dataset, load_split, log_dataset
 from tasks.data import standardize as standardize_features
 from tasks.linear import evaluate, fit_model
-from tasks.registry import housing_data_key, mean_baseline, register_model
+from tasks.registry import mean_baseline
 from tasks.report import report_results
 
-DEFAULT_ALPHAS = (1e-4, 1e-2, 1.0, 10.0, 100.0)
+D = HOUSING.defaults()
 
 
 @flow(name="housing_regression", log_prints=True)
 def housing_regression(
-    dataset: str = "housing_scale",
-    alphas: list[float] = list(DEFAULT_ALPHAS),
-    sgd_lrs: list[float] = [0.001, 0.01, 0.05],
-    sgd_epochs: list[int] = [200],
-    sgd_batch_size: int = 32,
-    seed: int = 1234,
-    test_size: float = 0.33,
-    split_random_state: int = 42,
-    val_split: float = 0.2,
-    standardize: bool = True,
+    dataset: str = D["dataset"],
+    models: list[str] = D["models"],
+    alphas: list[float] = D["alphas"],
+    sgd_lrs: list[float] = D["sgd_lrs"],
+    sgd_epochs: list[int] = D["sgd_epochs"],
+    sgd_batch_size: int = D["sgd_batch_size"],
+    seed: int = D["seed"],
+    test_size: float = D["test_size"],
+    split_random_state: int = D["split_random_state"],
+    val_split: float = D["val_split"],
+    standardize: bool = D["standardize"],
+    parent_run_id: str | None = None,
+    run_tags: dict[str, str] | None = None,
+    register: bool = True,
 ) -> dict:
     """fetch -> split -> standardize (train only) -> fit OLS, ridge per alpha and SGD per
-    (lr, epochs) in parallel -> evaluate each on train/val/test -> best by validation MAE.
+    (lr, epochs) in parallel (the kinds in ``models``) -> evaluate each on train/val/test ->
+    best by validation MAE -> register it.
 
     ``standardize=False`` fits on the features as downloaded (housing_scale is already in
-    [-1, 1]): the course notebook's printed ridge errors are those of that fit."""
+    [-1, 1]): the course notebook's printed ridge errors are those of that fit.
+    ``parent_run_id`` nests the flow's MLflow run under another (a sweep's trial) and
+    ``run_tags`` are set on it as it is created; ``register=False`` leaves the model registry
+    alone."""
     call = dict(locals())
-    with tracking.parent_run("housing", "housing_regression", call) as run_id:
+    for key in ("parent_run_id", "run_tags", "register"):
+        call.pop(key)
+    with tracking.parent_run(
+        "housing", "housing_regression", call, tags=nested_tags(parent_run_id, run_tags)
+    ) as run_id:
         path = fetch_dataset(dataset)
         split = load_split(path, test_size, split_random_state, val_split)
         log_dataset(run_id, dataset, path, split)
         data, scaler = standardize_features(split, run_id, standardize)
-        configs = [("ols", {})]
-        configs += [("ridge", {"alpha": a}) for a in alphas]
+        configs = [("ols", {})] if "ols" in models else []
+        configs += [("ridge", {"alpha": a}) for a in alphas if "ridge" in models]
         configs += [
             ("sgd", {"lr": lr, "epochs": ep, "batch_size": sgd_batch_size, "random_state": seed})
             for lr, ep in product(sgd_lrs, sgd_epochs)
+            if "sgd" in models
         ]
         fitted = [fit_model.submit(kind, hp, data) for kind, hp in configs]
         rows = [
@@ -55,10 +70,13 @@ def housing_regression(
             model.result()
         result = report_results([r.result() for r in rows], run_id)
         best = result["best"]
-        key = housing_data_key(dataset, test_size, split_random_state, val_split)
-        baseline = mean_baseline(split["y_train"], split["y_val"])
-        result["registered"] = register_model(
-            best["model_uri"], "housing-regressor", "best_val_mae", best["val_mae"],
-            False, key, run_id, baseline, "train-mean",
-        )  # fmt: skip
+        result["model_uri"] = best["model_uri"]
+        result["baseline"] = mean_baseline(split["y_train"], split["y_val"])
+        tracking.log_metrics(run_id, {HOUSING.baseline_metric: result["baseline"]})
+        result["registered"] = None
+        if register:
+            result["registered"] = register_best(
+                HOUSING, call, best["model_uri"], "best_val_mae", best["val_mae"], run_id,
+                result["baseline"],
+            )  # fmt: skip
         return result

@@ -10,23 +10,11 @@ import mlflow
 import prefect
 from mlflow.exceptions import MlflowException
 
+from flows.experiments import by_flow
 from flows.params import parse_overrides
 from tasks import environment, tracking
 
 RERUN_TAG = "mlcore.rerun_of"
-
-
-def flows() -> dict[str, Any]:
-    """Flow name (the ``mlcore.flow`` tag) -> the flow."""
-    from flows.convnet import convnet_training
-    from flows.gradcheck import gradient_check_flow
-    from flows.housing import housing_regression
-
-    return {
-        "housing_regression": housing_regression,
-        "gradient_check": gradient_check_flow,
-        "convnet_training": convnet_training,
-    }
 
 
 def original_call(run_id: str) -> tuple[Any, str, dict[str, Any]]:
@@ -43,7 +31,7 @@ def original_call(run_id: str) -> tuple[Any, str, dict[str, Any]]:
             f"run {run_id} is a child run of flow run {tags['mlflow.parentRunId']}; rerun that"
         )
     name = tags.get("mlcore.flow")
-    if name not in flows() or "mlcore.flow_params" not in tags:
+    if by_flow(name or "") is None or "mlcore.flow_params" not in tags:
         raise ValueError(f"run {run_id} was not made by an mlcore flow (no mlcore.flow tag)")
     return run, name, json.loads(tags["mlcore.flow_params"])
 
@@ -56,8 +44,9 @@ def rerun(run_id: str, sets: list[str] | None = None) -> dict[str, Any]:
     ``code`` ``(old, new)`` or None when equal; ``environment`` as :func:`compare_environments`
     returns it."""
     run, name, params = original_call(run_id)
-    flow = flows()[name]
-    overrides = parse_overrides(flow, sets or [])
+    exp = by_flow(name)
+    flow = exp.load_flow()
+    overrides = parse_overrides(exp, sets or [])
     changed = {k: (params.get(k), v) for k, v in overrides.items() if params.get(k) != v}
     # a Prefect tag that tasks.tracking copies onto the new MLflow run as it creates it
     with prefect.tags(f"{RERUN_TAG}={run_id}"):

@@ -23,14 +23,18 @@ import optuna
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks import tracking
-from tasks.sweep import (
+from flows.experiments import register_best
+from flows.space import (
+    all_choices,
     check_metric,
+    flow_arguments,
     get_experiment,
-    make_sampler,
-    metric_tag_name,
     parse_fixed,
     parse_space,
+)
+from tasks import tracking
+from tasks.sweep import (
+    make_sampler,
     record_sweep,
     run_trial,
     space_from_json,
@@ -123,9 +127,8 @@ def connect(dask_runner) -> int:
 
 
 def _warm_up() -> None:
-    import tasks.convnet  # noqa: F401
-    import tasks.data  # noqa: F401
-    import tasks.linear  # noqa: F401
+    import flows.convnet  # noqa: F401
+    import flows.housing  # noqa: F401
     import tasks.sweep  # noqa: F401
 
 
@@ -175,7 +178,7 @@ def run_sweep(
             raise ValueError("give the EXPERIMENT to sweep (housing or convnet), or --resume")
         get_experiment(experiment)
         space = parse_space(experiment, params or [])
-        sampler = sampler or ("grid" if _all_choices(space) else "tpe")
+        sampler = sampler or ("grid" if all_choices(space) else "tpe")
         make_sampler(sampler, space, seed)  # validates (a grid of ranges is an error)
         if sampler == "grid":
             size = 1
@@ -194,10 +197,6 @@ def run_sweep(
     return sweep(config=config, runner=runner, width=width or 0, resume_run_id=resume)
 
 
-def _all_choices(space: dict) -> bool:
-    return all(isinstance(d, optuna.distributions.CategoricalDistribution) for d in space.values())
-
-
 def _sweep_config(run_id: str) -> dict[str, Any]:
     try:
         run = tracking.client().get_run(run_id)
@@ -211,8 +210,7 @@ def _sweep_config(run_id: str) -> dict[str, Any]:
 
 def _check_resumable(run_id: str, config: dict) -> None:
     asked = tracking.load_json(run_id, TRIALS_FILE)
-    reported = get_experiment(config["experiment"]).reported
-    done = _finished_trials(run_id, config["metric"], reported)
+    done = _finished_trials(run_id, config["metric"], get_experiment(config["experiment"]))
     if len(asked) >= config["trials"] and all(rec["number"] in done for rec in asked):
         raise ValueError(
             f"--resume: every trial of the sweep {run_id} has a finished child run; "
@@ -263,13 +261,14 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     exp_name, metric = config["experiment"], config["metric"]
-    higher = get_experiment(exp_name).metrics[metric]
+    exp = get_experiment(exp_name)
+    higher = exp.metrics[metric]
     space = space_from_json(config["space"])
     _prepare_data(exp_name, config["fixed"])
     direction = "maximize" if higher else "minimize"
 
     asked: list[dict] = tracking.load_json(run_id, TRIALS_FILE) if resuming else []
-    done = _finished_trials(run_id, metric, get_experiment(exp_name).reported) if resuming else {}
+    done = _finished_trials(run_id, metric, exp) if resuming else {}
     # a resumed random/TPE sampler must not replay the proposals already asked
     seed = config["seed"] if not asked else trial_seed(config["seed"], 1_000_000 + len(asked))
     study = optuna.create_study(
@@ -306,8 +305,9 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
                     asked.append({k: v for k, v in batch[-1].items() if k != "optuna"})
                 tracking.log_json(run_id, asked, TRIALS_FILE)
             futures = [
-                run_trial.submit(exp_name, rec["params"], config["fixed"], config["seed"],
-                                 rec["number"], run_id, uri)
+                run_trial.submit(exp.flow, flow_arguments(exp, rec["params"], config["fixed"]),
+                                 exp.reported, exp.baseline_metric, config["seed"], rec["number"],
+                                 run_id, uri)
                 for rec in batch
             ]  # fmt: skip
             for rec, future in zip(batch, futures, strict=True):
@@ -345,7 +345,7 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
                            f"{failed[0]['error']}")  # fmt: skip
     if failed:
         tracking.set_tags(run_id, {"failed_trials": ",".join(str(t["number"]) for t in failed)})
-    result["registered"] = _register(config, record["best"], metric, higher, run_id)
+    result["registered"] = _register(config, record["best"], metric, run_id)
     return result
 
 
@@ -405,7 +405,7 @@ def _add(study: optuna.Study, space: dict, rec: dict, value: float | None) -> No
     )  # fmt: skip
 
 
-def _finished_trials(run_id: str, metric: str, reported: tuple) -> dict[int, dict]:
+def _finished_trials(run_id: str, metric: str, exp) -> dict[int, dict]:
     """trial number -> its FINISHED child run (id, metrics, worker, model URI)."""
     found = {}
     for run in tracking.child_runs(run_id):
@@ -414,50 +414,19 @@ def _finished_trials(run_id: str, metric: str, reported: tuple) -> dict[int, dic
             continue
         found[int(number)] = {
             "run_id": run.info.run_id,
-            "metrics": {k: v for k, v in run.data.metrics.items() if k in reported},
+            "metrics": {k: v for k, v in run.data.metrics.items() if k in exp.reported},
+            "baseline": run.data.metrics.get(exp.baseline_metric),
             "worker": run.data.tags.get("mlcore.worker", ""),
             "model_uri": run.data.tags.get("mlcore.model_uri", f"runs:/{run.info.run_id}/model"),
         }  # fmt: skip
     return found
 
 
-def _register(config: dict, best: dict, metric: str, higher: bool, run_id: str) -> dict:
-    """The best trial's model through the registry, under the flow's model name and data key."""
-    from tasks.registry import convnet_data_key, housing_data_key, register_model
-
-    fixed = config["fixed"]
-    if config["experiment"] == "housing":
-        name = "housing-regressor"
-        key = housing_data_key(fixed["dataset"], fixed["test_size"], fixed["split_random_state"],
-                               fixed["val_split"])  # fmt: skip
-    else:
-        name = f"{fixed['dataset']}-convnet"
-        key = convnet_data_key(fixed["dataset"], fixed["num_train"])
-    value = best["metrics"][metric]
-    baseline, label, margin = _baseline(config)
-    return register_model(
-        best["model_uri"], name, metric_tag_name(metric), value, higher, key, run_id,
-        baseline, label, margin,
-    )  # fmt: skip
-
-
-def _baseline(config: dict) -> tuple[float, str, float]:
-    """The registration gate's trivial baseline on the sweep's validation rows, as the flows
-    compute it: the training mean's validation MAE for housing, the majority class's
-    validation accuracy (plus the accuracy margin) for the ConvNet."""
-    from mlcore.data import DATASETS, fetch, load_libsvm, split_like_course
-    from mlcore.data.images import load_image_dataset
-    from tasks.registry import ACCURACY_MARGIN, majority_baseline, mean_baseline
-
-    fixed = config["fixed"]
-    if config["experiment"] == "housing":
-        X, y = load_libsvm(fetch(fixed["dataset"]))
-        split = split_like_course(
-            X, y, fixed["test_size"], fixed["split_random_state"], fixed["val_split"]
-        )
-        return mean_baseline(split["y_train"], split["y_val"]), "train-mean", 0.0
-    dataset = fixed["dataset"]
-    path = {"path": str(fetch(dataset))} if dataset in DATASETS else {}
-    data = load_image_dataset(dataset, **path)
-    y_train = data["y_train"][: fixed["num_train"]] if fixed["num_train"] else data["y_train"]
-    return majority_baseline(y_train, data["y_val"]), "majority", ACCURACY_MARGIN
+def _register(config: dict, best: dict, metric: str, run_id: str) -> dict:
+    """The best trial's model through the registry, as the experiment declares it (model name,
+    data key, the trivial baseline its flow measured on the same validation rows)."""
+    exp = get_experiment(config["experiment"])
+    values = exp.resolve(flow_arguments(exp, best["params"], config["fixed"]))
+    return register_best(
+        exp, values, best["model_uri"], metric, best["metrics"][metric], run_id, best["baseline"]
+    )

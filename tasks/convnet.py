@@ -24,37 +24,8 @@ from mlcore.nn.checks import GradientCheckError, check_model
 from mlcore.vis import plot_filter_grid, plot_training_curves
 from tasks import tracking
 
-# architecture defaults per dataset: the course's for CIFAR-10, a smaller net for 8x8 digits
-MODEL_DEFAULTS = {
-    "digits": {"num_filters": 16, "filter_size": 3, "hidden_dim": 64, "weight_scale": 0.1},
-    "cifar10": {"num_filters": 32, "filter_size": 7, "hidden_dim": 100, "weight_scale": 1e-3},
-}
-# optimiser defaults per dataset: the course's CIFAR-10 settings; for the 1,197 8x8 digits a
-# grid (lr 3e-3/1e-2/2e-2 x batch 25/50, adam, 3 epochs, seeds 0-2; README "Defaults that
-# learn") chose lr 1e-2 with batch 25: val 0.96-0.97, test 0.963-0.967 after 3 epochs
-TRAINING_DEFAULTS = {
-    "digits": {"lr": 1e-2, "batch_size": 25},
-    "cifar10": {"lr": 1e-3, "batch_size": 50},
-}
 GATE_THRESHOLD = 1e-5
 GATE_ATTEMPTS = 3
-
-
-def model_config(dataset: str, **overrides) -> dict[str, Any]:
-    """The dataset's architecture defaults with every non-None override applied."""
-    return _with_defaults(MODEL_DEFAULTS, dataset, overrides)
-
-
-def training_config(dataset: str, **overrides) -> dict[str, Any]:
-    """The dataset's optimiser defaults (``lr``, ``batch_size``) with every non-None override
-    applied."""
-    return _with_defaults(TRAINING_DEFAULTS, dataset, overrides)
-
-
-def _with_defaults(table: dict, dataset: str, overrides: dict) -> dict[str, Any]:
-    if dataset not in table:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(table)}")
-    return {**table[dataset], **{k: v for k, v in overrides.items() if v is not None}}
 
 
 @task

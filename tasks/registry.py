@@ -43,12 +43,6 @@ def convnet_data_key(dataset: str, num_train: int | None) -> str:
     return f"{dataset}:split=default:num_train={num_train}"
 
 
-# A classifier must beat always guessing the training set's majority class by this much
-# absolute validation accuracy: on the few hundred validation rows of digits, two binomial
-# standard errors of a chance-level rate (0.1) are about 0.045.
-ACCURACY_MARGIN = 0.05
-
-
 def majority_baseline(y_train: np.ndarray, y_val: np.ndarray) -> float:
     """Validation accuracy of always predicting the most frequent class of ``y_train``."""
     classes, counts = np.unique(np.ravel(y_train), return_counts=True)

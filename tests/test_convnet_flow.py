@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from flows.convnet import convnet_training
+from flows.convnet import architecture, convnet_training
 from mlcore.nn import layer_utils
 from mlcore.nn.checks import GradientCheckError
-from tasks.convnet import evaluate_convnet, gradient_gate, load_images, model_config, train_convnet
+from tasks.convnet import evaluate_convnet, gradient_gate, load_images, train_convnet
 from tasks.tracking import parent_run
 
 SOLVER = {"update_rule": "adam", "optim_config": {"learning_rate": 1e-3}, "lr_decay": 1.0,
@@ -23,7 +23,7 @@ def run_id(mlflow_store):
 
 def test_train_and_evaluate_log_everything_and_the_model_predicts_identically(run_id, tmp_path):
     data = load_images.fn("digits", None, run_id)
-    config = model_config("digits")
+    config = architecture(dataset="digits")
     trained = train_convnet.fn(data, 10, config, SOLVER, 0, run_id)
     result = evaluate_convnet.fn(trained, data, run_id)
     client = MlflowClient()
@@ -67,7 +67,7 @@ def test_the_gate_refuses_a_network_with_wrong_gradients(run_id, monkeypatch):
 
 def test_bad_parameters_are_clear_errors(run_id):
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
-        model_config("mnist")
+        architecture(dataset="mnist")
     with pytest.raises(ValueError, match=r"num_train must be in \[1, "):
         load_images.fn("digits", 10**6, run_id)
 

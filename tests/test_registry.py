@@ -9,12 +9,12 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.convnet import convnet_training
+from flows.experiments import CONVNET
 from flows.housing import housing_regression
 from mlcore.linear import RidgeRegression
 from mlcore.preprocessing import Standardizer
 from tasks import tracking
 from tasks.registry import (
-    ACCURACY_MARGIN,
     convnet_data_key,
     housing_data_key,
     lock_path,
@@ -165,7 +165,7 @@ def test_convnet_flow_registers_under_the_dataset_name(prefect_harness, mlflow_s
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 8, 8)
     tags = MlflowClient().get_run(result["run_id"]).data.tags
     majority = _digits_majority_rate(200)
-    assert tags["registered"] == "true" and result["best_val_acc"] > majority + ACCURACY_MARGIN
+    assert tags["registered"] == "true" and result["best_val_acc"] > majority + CONVNET.margin
     assert tags["registration_gate"] == (
         f"best_val_acc {result['best_val_acc']:.4g} > majority {majority:.4g} + 0.05"
     )
@@ -184,7 +184,7 @@ def test_a_chance_level_convnet_is_not_registered(prefect_harness, mlflow_store)
     reg = result["registered"]
     assert not reg["registered"] and reg["version"] is None and not reg["promoted"]
     majority = _digits_majority_rate(200)
-    assert result["best_val_acc"] <= majority + ACCURACY_MARGIN
+    assert result["best_val_acc"] <= majority + CONVNET.margin
     gate = f"best_val_acc {result['best_val_acc']:.4g} <= majority {majority:.4g} + 0.05"
     tags = MlflowClient().get_run(result["run_id"]).data.tags
     assert (tags["registered"], tags["registration_gate"]) == ("false", gate)
@@ -211,7 +211,7 @@ def test_baselines_match_scikit_learns_dummy_estimators(housing):
 def test_the_gate_refuses_a_model_no_better_than_the_trivial_baseline(logged):
     uri, run_id = logged["uri"], logged["run_id"]
     acc = register_model.fn(
-        uri, "c", "best_val_acc", 0.14, True, "k", run_id, 0.1, "majority", ACCURACY_MARGIN
+        uri, "c", "best_val_acc", 0.14, True, "k", run_id, 0.1, "majority", CONVNET.margin
     )
     assert acc == {
         "name": "c",
@@ -232,7 +232,7 @@ def test_the_gate_refuses_a_model_no_better_than_the_trivial_baseline(logged):
     assert MlflowClient().search_registered_models() == []
     # just above the margin passes
     ok = register_model.fn(
-        uri, "c", "best_val_acc", 0.16, True, "k", run_id, 0.1, "majority", ACCURACY_MARGIN
+        uri, "c", "best_val_acc", 0.16, True, "k", run_id, 0.1, "majority", CONVNET.margin
     )
     assert ok["registered"] and ok["version"] == "1" and ok["promoted"]
     tags = MlflowClient().get_run(run_id).data.tags

@@ -20,13 +20,13 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flows.cli import app
+from flows.convnet import architecture
 from tasks import tracking
 from tasks.convnet import (
     checkpoint_dir,
     latest_checkpoint,
     load_images,
     local_checkpoints,
-    model_config,
     train_convnet,
 )
 from tests.conftest import one_line_error
@@ -152,7 +152,7 @@ def test_latest_checkpoint_prefers_an_identical_local_copy_and_checks_downloads(
 def test_a_checkpoint_mlflow_cannot_store_stays_on_local_disk(mlflow_store, checkpoints, capsys):
     solver = {"update_rule": "adam", "optim_config": {"learning_rate": 1e-3}, "lr_decay": 1.0,
               "batch_size": 50, "num_epochs": 3, "num_train_samples": 1000}  # fmt: skip
-    config = model_config("digits", hidden_dim=16, num_filters=4)
+    config = architecture(dataset="digits", hidden_dim=16, num_filters=4)
     with tracking.parent_run("convnet", "test", {}) as run_id:
         # a file where the run's checkpoints/ folder goes: every upload fails, for real
         artifacts = Path(MlflowClient().get_run(run_id).info.artifact_uri)
@@ -192,7 +192,7 @@ def test_a_retried_training_task_resumes_from_its_checkpoint(
 
     solver = {"update_rule": "adam", "optim_config": {"learning_rate": 1e-3}, "lr_decay": 0.95,
               "batch_size": 50, "num_epochs": 3, "num_train_samples": 1000}  # fmt: skip
-    config = model_config("digits", hidden_dim=16, num_filters=4)
+    config = architecture(dataset="digits", hidden_dim=16, num_filters=4)
 
     @flow
     def training(callback=None):

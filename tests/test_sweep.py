@@ -12,9 +12,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flows.cli import app
+from flows.space import parse_space
 from flows.sweep import run_sweep
 from tasks.registry import housing_data_key
-from tasks.sweep import parse_space, trial_seed
+from tasks.sweep import trial_seed
 from tests.conftest import one_line_error
 
 runner = CliRunner()
@@ -74,19 +75,23 @@ def test_search_space_specs_become_optuna_distributions():
 def test_housing_sweeps_fit_standardized_or_as_downloaded(housing):
     """--set standardize=false: every trial fits on the features as downloaded, so ridge
     alpha 1e-4 gives the course's printed errors (README "Experiment 1 results")."""
+    from flows.experiments import HOUSING
+    from flows.space import flow_arguments, parse_fixed
     from mlcore.metrics import mean_absolute_error
     from tasks.data import standardize
     from tasks.linear import fit_model
-    from tasks.sweep import housing_hparams, parse_fixed
 
     assert parse_fixed("housing", [], {})["standardize"] is True
     fixed = parse_fixed("housing", ["standardize=false"], {})
     assert fixed["standardize"] is False
     with pytest.raises(ValueError, match=r"--set standardize: 'maybe' is not a valid bool"):
         parse_fixed("housing", ["standardize=maybe"], {})
-    kind, hparams = housing_hparams({**fixed, "model": "ridge", "alpha": 1e-4}, 0)
-    data, _ = standardize.fn(housing, enabled=fixed["standardize"])
-    model = fit_model.fn(kind, hparams, data)
+    # a trial sweeping alpha runs the flow with one ridge alpha, as downloaded
+    args = flow_arguments(HOUSING, {"alpha": 1e-4}, fixed)
+    assert args["models"] == ["ridge"] and args["alphas"] == [1e-4]
+    assert args["standardize"] is False
+    data, _ = standardize.fn(housing, enabled=args["standardize"])
+    model = fit_model.fn("ridge", {"alpha": args["alphas"][0]}, data)
     mae = mean_absolute_error(data["y_test"], model.predict(data["X_test"]))
     assert mae == pytest.approx(3.0851716338615383, rel=1e-9)
 
@@ -150,7 +155,10 @@ def test_housing_grid_sweep_is_the_same_sequentially_and_on_threads(
         assert all(r.info.status == "FINISHED" for r in runs.values())
         assert {r.data.tags["mlcore.worker"] for r in runs.values()} == {me}
         by_runner[name] = {
-            float(r.data.params["alpha"]): (r.data.metrics["val_mae"], r.data.metrics["test_mae"])
+            float(r.data.params["alphas"]): (
+                r.data.metrics["best_val_mae"],
+                r.data.metrics["best_test_mae"],
+            )
             for r in runs.values()
         }
     assert by_runner["sequential"] == by_runner["threads"]
@@ -162,23 +170,25 @@ def test_housing_grid_sweep_is_the_same_sequentially_and_on_threads(
     parent = client.get_run(seq["run_id"])
     runs = trial_runs(seq["run_id"])
     best = int(parent.data.metrics["best_trial"])
-    assert float(runs[best].data.params["alpha"]) == best_alpha
+    assert float(runs[best].data.params["alphas"]) == best_alpha
     assert parent.data.metrics["best_val_mae"] == by_runner["sequential"][best_alpha][0]
     assert parent.data.tags["best_run_id"] == runs[best].info.run_id
     board = pd.read_csv(client.download_artifacts(seq["run_id"], "leaderboard.csv"))
     assert list(board["trial"])[0] == best and len(board) == 4
-    assert list(board["val_mae"]) == sorted(board["val_mae"])
+    assert list(board["best_val_mae"]) == sorted(board["best_val_mae"])
     table = json.loads(open(client.download_artifacts(seq["run_id"], "leaderboard.json")).read())
     assert len(table["data"]) == 4
     plots = {a.path for a in client.list_artifacts(seq["run_id"], "plots")}
-    assert plots == {"plots/val_mae_vs_params.png", "plots/param_importances.png"}
+    assert plots == {"plots/best_val_mae_vs_params.png", "plots/param_importances.png"}
     assert parent.data.metrics["importance.alpha"] == pytest.approx(1.0)
     version = client.get_model_version("housing-regressor", parent.data.tags["registered_version"])
-    assert version.run_id == runs[best].info.run_id
+    # the best trial's best model: the ridge child run of the trial's flow run
+    assert version.run_id == runs[best].data.tags["best_run_id"]
     assert float(version.tags["best_val_mae"]) == by_runner["sequential"][best_alpha][0]
     assert version.tags["data_key"] == housing_data_key("housing_scale", 0.33, 42, 0.2)
     # the CLI printed the leaderboard, best first
-    assert "sweep by val_mae (best first)" in out.output and f"best trial: {best}" in out.output
+    assert "sweep by best_val_mae (best first)" in out.output
+    assert f"best trial: {best}" in out.output
 
 
 def asked(result):

@@ -15,7 +15,7 @@ import numpy as np
 
 from mlcore.nn import optim
 
-_UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
+UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
 _DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
 # A loss more than this many times its first value is a divergence. A classifier's first loss is
 # about log(C) (2.3 for ten classes) plus the regulariser; minibatch noise and adam's early
@@ -97,11 +97,11 @@ class Solver:
 
         if callable(self.update_rule):
             self._rule = self.update_rule
-        elif self.update_rule in _UPDATE_RULES:
+        elif self.update_rule in UPDATE_RULES:
             self._rule = getattr(optim, self.update_rule)
         else:
             raise ValueError(
-                f"invalid update_rule {self.update_rule!r}; use one of {list(_UPDATE_RULES)} "
+                f"invalid update_rule {self.update_rule!r}; use one of {list(UPDATE_RULES)} "
                 "or a callable"
             )
         if self.divergence_factor is not None and not self.divergence_factor > 1:
