@@ -40,7 +40,7 @@ def convnet_training(
     resume: str | None = None,
     parent_run_id: str | None = None,
     run_tags: dict[str, str] | None = None,
-    register: bool = True,
+    registry: bool = True,
 ) -> dict:
     """load -> gradient gate on a tiny batch -> train with Solver -> evaluate on test -> log
     -> register. Architecture and optimiser parameters left as None take the dataset's
@@ -49,10 +49,10 @@ def convnet_training(
     ``resume``: the MLflow run id of an unfinished run of this flow, to continue from its last
     checkpoint, in that same run; the other arguments must be the ones it was started with.
     ``parent_run_id`` nests the flow's MLflow run under another (a sweep's trial) and
-    ``run_tags`` are set on it as it is created; ``register=False`` leaves the model registry
+    ``run_tags`` are set on it as it is created; ``registry=False`` leaves the model registry
     alone."""
     call = dict(locals())
-    for key in ("resume", "parent_run_id", "run_tags", "register"):
+    for key in ("resume", "parent_run_id", "run_tags", "registry"):
         call.pop(key)
     if resume is not None:
         recorded = tracking.resumable_params(resume, "convnet_training")
@@ -88,7 +88,7 @@ def convnet_training(
         result["baseline"] = majority_baseline(data["y_train"], data["y_val"])
         tracking.log_metrics(run_id, {CONVNET.baseline_metric: result["baseline"]})
         result["registered"] = None
-        if register:
+        if registry:
             result["registered"] = register_best(
                 CONVNET, values, result["model_uri"], "best_val_acc", result["best_val_acc"],
                 run_id, result["baseline"],

@@ -33,7 +33,7 @@ def housing_regression(
     standardize: bool = D["standardize"],
     parent_run_id: str | None = None,
     run_tags: dict[str, str] | None = None,
-    register: bool = True,
+    registry: bool = True,
 ) -> dict:
     """fetch -> split -> standardize (train only) -> fit OLS, ridge per alpha and SGD per
     (lr, epochs) in parallel (the kinds in ``models``) -> evaluate each on train/val/test ->
@@ -42,10 +42,10 @@ def housing_regression(
     ``standardize=False`` fits on the features as downloaded (housing_scale is already in
     [-1, 1]): the course notebook's printed ridge errors are those of that fit.
     ``parent_run_id`` nests the flow's MLflow run under another (a sweep's trial) and
-    ``run_tags`` are set on it as it is created; ``register=False`` leaves the model registry
+    ``run_tags`` are set on it as it is created; ``registry=False`` leaves the model registry
     alone."""
     call = dict(locals())
-    for key in ("parent_run_id", "run_tags", "register"):
+    for key in ("parent_run_id", "run_tags", "registry"):
         call.pop(key)
     with tracking.parent_run(
         "housing", "housing_regression", call, tags=nested_tags(parent_run_id, run_tags)
@@ -74,7 +74,7 @@ def housing_regression(
         result["baseline"] = mean_baseline(split["y_train"], split["y_val"])
         tracking.log_metrics(run_id, {HOUSING.baseline_metric: result["baseline"]})
         result["registered"] = None
-        if register:
+        if registry:
             result["registered"] = register_best(
                 HOUSING, call, best["model_uri"], "best_val_mae", best["val_mae"], run_id,
                 result["baseline"],

@@ -104,7 +104,7 @@ def run_trial(
     tags = {"mlcore.trial": str(number), "mlcore.worker": worker_id(),
             "mlcore.prefect_api_url": PREFECT_API_URL.value() or ""}  # fmt: skip
     result = flow_fn(
-        **arguments, seed=seed, parent_run_id=parent_run_id, run_tags=tags, register=False
+        **arguments, seed=seed, parent_run_id=parent_run_id, run_tags=tags, registry=False
     )
     run_id = result["run_id"]
     logged = tracking.client().get_run(run_id).data.metrics

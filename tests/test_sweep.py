@@ -204,8 +204,8 @@ def test_seeded_random_and_tpe_sweeps_propose_the_same_trials(
     first = run_sweep("housing", spec, seed=11, **kw)
     again = run_sweep("housing", spec, seed=11, **kw)
     assert asked(first) == asked(again) and len(asked(first)) == n
-    values = [t["metrics"]["val_mae"] for t in first["trials"]]
-    assert values == [t["metrics"]["val_mae"] for t in again["trials"]]
+    values = [t["metrics"]["best_val_mae"] for t in first["trials"]]
+    assert values == [t["metrics"]["best_val_mae"] for t in again["trials"]]
     alphas = [t["params"]["alpha"] for t in first["trials"]]
     assert len(set(alphas)) == n and all(1e-4 <= a <= 1e3 for a in alphas)
     if sampler == "random":  # the seed is what fixes them
