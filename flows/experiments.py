@@ -16,6 +16,7 @@ This module imports no flow (the flows import it): an experiment names its flow 
 from __future__ import annotations
 
 import importlib
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -117,7 +118,10 @@ class Experiment:
 
     def defaults(self) -> dict[str, Any]:
         """The flow's default arguments (lists copied: a flow may not share them)."""
-        return {p.name: list(p.default) if p.is_list else p.default for p in self.params}
+        return {
+            p.name: list(p.default) if isinstance(p.default, list) else p.default
+            for p in self.params
+        }
 
     def resolve(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Every parameter's value: the given ones, then the defaults, a per-dataset default
@@ -458,10 +462,13 @@ def deployment_problems(config: Mapping) -> list[str]:
             except ValueError as exc:
                 problems.append(str(exc))
                 continue
-            if value != param.default:
-                problems.append(
-                    f"{where}: {key} is {value!r}, the registry's default is {param.default!r}"
-                )
+            default, dataset = param.default, None
+            if default is None and param.per_dataset is not None and value is not None:
+                dataset = (dep.get("parameters") or {}).get("dataset", exp.defaults()["dataset"])
+                default = param.per_dataset.get(dataset)
+            if value != default:
+                text = f"{where}: {key} is {value!r}, the registry's default is {default!r}"
+                problems.append(text + (f" for {dataset}" if dataset else ""))
     return problems
 
 
@@ -511,3 +518,26 @@ def parameter_table(exp: Experiment) -> str:
             f"{_constraint(p)} | {sweep if exp.name in SWEEPABLE else ''} | {p.help} |"
         )
     return "\n".join(lines)
+
+
+def render_docs(text: str) -> str:
+    """``text`` with each block between ``<!-- parameters:NAME -->`` and
+    ``<!-- /parameters:NAME -->`` replaced by :func:`parameter_table` of experiment NAME."""
+    def table(match: re.Match) -> str:
+        name = match.group(1)
+        return (
+            f"<!-- parameters:{name} -->\n{parameter_table(get(name))}\n<!-- /parameters:{name} -->"
+        )
+
+    return re.sub(
+        r"<!-- parameters:(\w+) -->.*?<!-- /parameters:\1 -->", table, text, flags=re.DOTALL
+    )
+
+
+if __name__ == "__main__":  # make docs: regenerate the parameter tables of docs/experiments.md
+    import sys
+    from pathlib import Path
+
+    for page in sys.argv[1:]:
+        path = Path(page)
+        path.write_text(render_docs(path.read_text()))

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.compare import metric_columns, plot_metric, run_table
 from flows.housing import housing_regression
-from flows.params import coerce, parse_overrides
+from flows.params import parse_overrides
 from tasks import environment, tracking
 from tests.conftest import one_line_error
 
@@ -113,27 +113,25 @@ def test_rerun_reproduces_exactly_then_reports_a_changed_parameter(
     assert last.data.tags["mlcore.rerun_of"] == original["run_id"]
 
 
-def test_parse_overrides_uses_the_flow_signature():
-    from flows.convnet import convnet_training
-    from flows.gradcheck import gradient_check_flow
+def test_parse_overrides_uses_the_registry():
+    from flows.experiments import CONVNET, GRADCHECK, HOUSING
 
-    assert parse_overrides(housing_regression, ["alphas=1,10", "seed=3", "val_split=0.25"]) == {
+    assert parse_overrides(HOUSING, ["alphas=1,10", "seed=3", "val_split=0.25"]) == {
         "alphas": [1.0, 10.0],
         "seed": 3,
         "val_split": 0.25,
     }
-    assert parse_overrides(housing_regression, ["sgd_epochs=[5, 10]"]) == {"sgd_epochs": [5, 10]}
-    assert parse_overrides(housing_regression, ["standardize=false"]) == {"standardize": False}
-    assert parse_overrides(convnet_training, ["hidden_dim=none", "num_train=400"]) == {
+    assert parse_overrides(HOUSING, ["sgd_epochs=[5, 10]"]) == {"sgd_epochs": [5, 10]}
+    assert parse_overrides(HOUSING, ["standardize=false"]) == {"standardize": False}
+    assert parse_overrides(CONVNET, ["hidden_dim=none", "num_train=400"]) == {
         "hidden_dim": None,
         "num_train": 400,
     }
-    assert parse_overrides(gradient_check_flow, ["layers=affine,relu"]) == {
-        "layers": ["affine", "relu"]
-    }
-    assert coerce("yes", bool, "flag") is True
+    assert parse_overrides(GRADCHECK, ["layers=affine,relu"]) == {"layers": ["affine", "relu"]}
+    with pytest.raises(ValueError, match=r"--set layers: 'nope' is not one of affine"):
+        parse_overrides(GRADCHECK, ["layers=affine,nope"])
     with pytest.raises(ValueError, match=r"--set sgd_epochs: '2.5' is not a valid int"):
-        parse_overrides(housing_regression, ["sgd_epochs=10,2.5"])
+        parse_overrides(HOUSING, ["sgd_epochs=10,2.5"])
 
 
 @pytest.fixture
