@@ -27,7 +27,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: run test lint lock lock-check bench install clean
+.PHONY: run test lint lock lock-check bench install clean docs
 
 $(UV_BOOT)/bin/uv:
 	rm -rf $(UV_BOOT)
@@ -92,6 +92,10 @@ bench: $(STAMP)
 	$(UV) sync --frozen --inexact --extra bench $(if $(wildcard $(TEST_STAMP)),--extra test)
 	$(BIN)/python -m pip install --quiet '$(BENCH_TORCH)'
 	$(BIN)/python bench/layers.py $(BENCH_ARGS)
+
+## make docs: regenerate docs/experiments.md's parameter tables from flows/experiments.py
+docs: $(STAMP)
+	$(BIN)/python -m flows.experiments docs/experiments.md
 
 clean:
 	rm -rf build *.egg-info mlcore/nn/_fast.c mlcore/nn/_fast*.so

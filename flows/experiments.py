@@ -504,25 +504,26 @@ def default_text(param: Param) -> str:
 
 
 def parameter_table(exp: Experiment) -> str:
-    """The experiment's parameters as a Markdown table (docs/experiments.md)."""
-    lines = [
-        "| parameter | `mlcore run` option | type | default | allowed | sweep | help |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """The experiment's parameters as a Markdown table (docs/experiments.md); for a sweepable
+    experiment, how a sweep may use each."""
+    sweepable = exp.name in SWEEPABLE
+    head = ["parameter", "`mlcore run` option", "type", "default", "allowed"]
+    head += ["sweep", "help"] if sweepable else ["help"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in exp.params:
-        sweep = "--set only" if p.data else (f"yes (alias `{p.alias}`)" if p.alias else "yes")
-        if p.name == "seed":
-            sweep = "per trial"
-        lines.append(
-            f"| `{p.name}` | `{p.option_name}` | {_type_name(p)} | {default_text(p)} | "
-            f"{_constraint(p)} | {sweep if exp.name in SWEEPABLE else ''} | {p.help} |"
-        )
+        cells = [f"`{p.name}`", f"`{p.option_name}`", _type_name(p), default_text(p),
+                 _constraint(p)]  # fmt: skip
+        if sweepable:
+            sweep = "per trial" if p.name == "seed" else "--set only" if p.data else "yes"
+            cells.append(sweep + (f" (one item: `{p.alias}`)" if p.alias and p.is_list else ""))
+        lines.append("| " + " | ".join([*cells, p.help]) + " |")
     return "\n".join(lines)
 
 
 def render_docs(text: str) -> str:
     """``text`` with each block between ``<!-- parameters:NAME -->`` and
     ``<!-- /parameters:NAME -->`` replaced by :func:`parameter_table` of experiment NAME."""
+
     def table(match: re.Match) -> str:
         name = match.group(1)
         return (
