@@ -155,7 +155,7 @@ def promotion_lock(tracking_uri: str) -> Iterator[None]:
     that promotes into that store. A server store (``http(s)://``, a database server) offers
     clients no lock and its REST API has no compare-and-set of an alias: there the lock is a
     file in this machine's temporary folder named after the URI, which serialises the
-    promotions of this machine's processes only (see the README)."""
+    promotions of this machine's processes only (see docs/tracking.md)."""
     path = lock_path(tracking_uri)
     if path is None:
         yield

@@ -74,7 +74,7 @@ def test_search_space_specs_become_optuna_distributions():
 
 def test_housing_sweeps_fit_standardized_or_as_downloaded(housing):
     """--set standardize=false: every trial fits on the features as downloaded, so ridge
-    alpha 1e-4 gives the course's printed errors (README "Experiment 1 results")."""
+    alpha 1e-4 gives the course's printed errors (docs/experiments.md)."""
     from flows.experiments import HOUSING
     from flows.space import flow_arguments, parse_fixed
     from mlcore.metrics import mean_absolute_error

@@ -44,7 +44,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 # or warning filter). The kernels' OpenMP threads alternate with numpy's OpenBLAS threads, and
 # OpenMP threads that spin after a parallel region take the cores the next GEMM needs: the
 # entry points (the CLI, bench/layers.py's mlcore worker) set OMP_WAIT_POLICY=passive before
-# anything loads libgomp; see README "Fast layers and their benchmark".
+# anything loads libgomp; see docs/fast-layers.md.
 try:  # the compiled kernels
     from mlcore.nn import _fast
 except ImportError:  # pragma: no cover - depends on the build
