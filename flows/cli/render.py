@@ -144,7 +144,8 @@ def _print_vertical(
     """One block of ``key: value`` lines per row (empty values left out), values aligned
     where the line fits; a value too long for its key's line gets lines of its own."""
     _say(out, title, style="bold")
-    key_w = min(max(len(c) for c in columns) + 1, out.width // 2)
+    # values aligned after the longest key that takes at most half the width
+    key_w = max((len(c) + 1 for c in columns if len(c) < out.width // 2), default=0)
     for row in rows:
         out.print()
         for c in columns:

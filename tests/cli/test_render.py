@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 
 import pytest
 from rich.console import Console
@@ -53,8 +52,12 @@ def test_a_table_too_wide_for_80_columns_becomes_one_block_per_row():
     lines = printed(out)
     assert_readable(lines, 80, [*WIDE_VALUES, *RUN_IDS, "same in all: x=1"])  # ids whole
     assert lines[0] == "runs"
-    assert f"run_id:{' ' * 30}{RUN_IDS[0]}" in lines  # keys aligned: the longest is 35 + ':'
+    # values aligned after the longest key (35 + ':'; under half the width)
+    assert f"run_id:{' ' * 30}{RUN_IDS[0]}" in lines
     assert f"validation_mean_absolute_error:{' ' * 6}3.142" in lines
+    assert "optimizer_schedule_with_a_long_name: cosine_with_warm_restarts" in lines
+    # a value too long for its aligned line follows its key unaligned
+    assert "dataset_description: housing_scale, standardized on the training rows" in lines
     # the second row has no dataset_description: no empty line for it
     second = lines[lines.index(next(x for x in lines if RUN_IDS[1] in x)) :]
     assert not any(x.startswith("dataset_description") for x in second)
