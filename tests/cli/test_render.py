@@ -138,3 +138,66 @@ def test_floats_have_four_significant_digits_and_none_is_empty():
         "3.142", "1.235e+06", "3.333e-11", "", "7"
     ]  # fmt: skip
     assert fmt("two\nlines") == "two lines"
+
+
+@pytest.fixture
+def terminal_80(monkeypatch):
+    """The CLI's own console on an 80-column terminal (rich reads both at print time)."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("COLUMNS", "80")
+
+
+def test_a_housing_sweep_leaderboard_fits_80_columns(terminal_80, capsys):
+    from flows.cli import show_sweep_result
+    from tasks.sweep import leaderboard
+
+    worker = "a-build-machine-with-a-long-name.example.org:4242424"
+    trials = [
+        {"number": n, "state": "COMPLETE", "params": {"model": "ridge", "alpha": alpha},
+         "metrics": {"val_mae": mae, "train_mae": mae - 0.1, "test_mae": mae + 0.1,
+                     "test_r2": 0.7},
+         "worker": worker, "run_id": RUN_IDS[n % 2]}
+        for n, (alpha, mae) in enumerate([(1e-4, 3.4567), (10.0, 3.1234), (100.0, 3.9876)])
+    ]  # fmt: skip
+    error = "ValueError: SGD diverged: the loss is nan after epoch 3 of 30"
+    trials.append({"number": 3, "state": "FAIL", "params": {"model": "sgd", "alpha": 1.0},
+                   "error": error})  # fmt: skip
+    board = leaderboard(trials, "val_mae", higher_is_better=False)
+    show_sweep_result({
+        "leaderboard": board, "metric": "val_mae", "best": {**trials[1], "number": 1},
+        "sweep_wall_s": 12.345, "run_id": "c" * 32,
+    })  # fmt: skip
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "…" not in out and max(len(line) for line in lines) <= 80, out
+    assert lines[1].split() == ["trial", "val_mae", "model", "alpha", "state", "train_mae",
+                                "test_mae", "test_r2", "run_id"]  # fmt: skip
+    assert [line.split()[:2] for line in lines[3:7]] == [
+        ["1", "3.123"], ["0", "3.457"], ["2", "3.988"], ["3", "sgd"]
+    ]  # fmt: skip
+    assert lines[4].split()[-1] == RUN_IDS[0][:8]
+    assert "not shown at 80 columns: worker" in lines
+    # the error of the failed trial whole on a line below, the best trial's and sweep's ids whole
+    assert f"trial 3 (FAIL): {error}" in lines
+    assert f"(child run {RUN_IDS[1]})" in out and lines[-1] == f"MLflow run id: {'c' * 32}"
+
+
+def test_the_housing_result_fits_80_columns(terminal_80, capsys):
+    from flows.cli import show_housing_result
+
+    models = [("ols", {}), ("ridge", {"alpha": 0.0001}), ("ridge", {"alpha": 10.0}),
+              ("sgd", {"lr": 0.01, "epochs": 30, "batch_size": 32})]  # fmt: skip
+    results = [
+        {"model": kind, **hp, "train_mae": 3.1 + i, "val_mae": 3.2 + i / 10, "test_mae": 3.3,
+         "test_r2": 0.6789, "run_id": RUN_IDS[i % 2]}
+        for i, (kind, hp) in enumerate(models)
+    ]  # fmt: skip
+    show_housing_result({"results": results, "best": results[0], "run_id": "d" * 32})
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "…" not in out and max(len(line) for line in lines) <= 80, out
+    assert lines[1].split() == ["model", "val_mae", "test_mae", "test_r2", "train_mae"]
+    assert lines[6].split() == ["sgd(lr=0.01,", "epochs=30,", "batch_size=32)", "3.5", "3.3",
+                                "0.6789", "6.1"]  # fmt: skip
+    assert lines[-2] == f"best by val_mae: ols (child run {RUN_IDS[0]})"
+    assert lines[-1] == f"MLflow run id: {'d' * 32}"
