@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 
 from tasks import tracking
+
+PARENT_TAG = "tags.mlflow.parentRunId"
 
 
 def run_table(
@@ -17,50 +21,59 @@ def run_table(
     descending: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows (one per run, newest first unless ``sort`` names a metric: ascending, or
-    ``descending``; runs without it last) and the column order."""
+    ``descending``; runs without it last) and the column order: ``run_id``, ``start``,
+    ``status``, ``kind`` (with ``children``), the params, the metrics. A row leaves out the
+    params and metrics its run does not have."""
     client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    if client.get_experiment_by_name(experiment) is None:
         names = ", ".join(e.name for e in client.search_experiments()) or "none yet"
         raise ValueError(f"no MLflow experiment {experiment!r} (experiments: {names})")
     tracking.reap_dead_runs([experiment])  # a run whose process is gone is not RUNNING
-    flt = "" if children else "tags.mlflow.parentRunId IS NULL"
-    runs = client.search_runs(
-        [exp.experiment_id],
-        filter_string=flt,
-        max_results=1000,
-        order_by=["attributes.start_time DESC"],
+    order = ["attributes.start_time DESC"]
+    if sort is not None:  # MLflow puts runs without the metric last either way
+        order.insert(0, f"metrics.`{sort}` {'DESC' if descending else 'ASC'}")
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string="" if children else f"{PARENT_TAG} IS NULL",
+        order_by=order,
+        max_results=limit,
+        output_format="pandas",
     )
-    if sort is not None:
-        if not any(sort in r.data.metrics for r in runs):
-            known = sorted({m for r in runs for m in r.data.metrics})
-            raise ValueError(f"--sort: no run has metric {sort!r} (metrics: {', '.join(known)})")
-        sign = -1.0 if descending else 1.0
-        runs = sorted(runs, key=lambda r: sign * r.data.metrics.get(sort, sign * float("inf")))
-    runs = runs[:limit]
-    rows, params, metrics = [], [], []
-    for r in runs:
+    metrics = sorted(c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics."))
+    if sort is not None and (sort not in metrics or runs[f"metrics.{sort}"].isna().all()):
+        # the runs are sorted by it: if the first ``limit`` lack it, every run does
+        known = [m for m in metrics if runs[f"metrics.{m}"].notna().any()]
+        raise ValueError(f"--sort: no run has metric {sort!r} (metrics: {', '.join(known)})")
+    params = sorted(c.removeprefix("params.") for c in runs.columns if c.startswith("params."))
+    rows = []
+    for run in runs.to_dict(orient="records"):
         row = {
-            "run_id": r.info.run_id,  # whole: it is what `mlcore rerun` takes
-            "start": _time(r.info.start_time),
-            "status": r.info.status,
-            "kind": "child" if "mlflow.parentRunId" in r.data.tags else "flow",
+            "run_id": run["run_id"],  # whole: it is what `mlcore rerun` takes
+            "start": _time(run["start_time"]),
+            "status": run["status"],
+            "kind": "flow" if _missing(run.get(PARENT_TAG)) else "child",
         }
-        for k, v in r.data.params.items():
-            row[k] = v
-            params.append(k) if k not in params else None
-        for k, v in r.data.metrics.items():
-            row[k] = v
-            metrics.append(k) if k not in metrics else None
+        row.update({k: run[f"params.{k}"] for k in params if not _missing(run[f"params.{k}"])})
+        row.update(
+            {k: float(run[f"metrics.{k}"]) for k in metrics if not _missing(run[f"metrics.{k}"])}
+        )
         rows.append(row)
     base = ["run_id", "start", "status"] + (["kind"] if children else [])
-    return rows, base + params + sorted(metrics)
+    return rows, base + params + metrics
 
 
-def _time(ms: int | None) -> str:
+def _missing(value: Any) -> bool:
+    """None, or the NaN (NaT) pandas gives for a run without that param, metric or tag."""
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+
+
+def _time(start) -> str:
+    """The run's start (a UTC pandas ``Timestamp``) in local time."""
     from datetime import datetime
 
-    return "" if ms is None else datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M")
+    if _missing(start):
+        return ""
+    return datetime.fromtimestamp(start.timestamp()).strftime("%Y-%m-%d %H:%M")
 
 
 def metric_columns(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:

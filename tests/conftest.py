@@ -22,6 +22,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # pytest-xdist's workers run with COLUMNS=80, and the CLI's rich console reads COLUMNS once, at
 # import: the tests' own COLUMNS (CliRunner's env) must win, as in a user's terminal.
 os.environ.pop("COLUMNS", None)
+# The tests run the CLI's typer app in-process (CliRunner) and start it in subprocesses that
+# inherit this environment: the process settings `mlcore`'s main() makes, made here first
+# (after COLUMNS is gone: the console is made as flows.cli is imported).
+from flows.cli import set_up_process  # noqa: E402
+
+set_up_process()
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -81,6 +81,7 @@ def test_importing_every_mlcore_module_changes_no_process_state():
 CLI_PROBE = """
 import json, os, sys, threading, time
 import flows.cli
+flows.cli.set_up_process()  # as the entry point, flows.cli.main, does first
 import numpy as np
 a = np.ones((512, 512), np.float32)
 a @ a  # OpenBLAS's helper thread works, then spins until its timeout

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console(soft_wrap=True)
+from flows.cli.errors import friendly_errors, preflight
+from flows.cli.render import console
 
 
+@friendly_errors
+@preflight(flows=True)
 def serve(
     limit: Annotated[int | None, typer.Option(help="Most flow runs at once.")] = None,
 ) -> None:
@@ -27,6 +29,7 @@ def serve(
     serve_all(limit=limit)
 
 
+@friendly_errors
 def server(
     host: Annotated[str, typer.Option(help="Address both servers bind to.")] = "127.0.0.1",
     prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server.")] = 4200,
@@ -74,6 +77,7 @@ def server(
             console.print("stopping ...")
 
 
+@friendly_errors
 def trigger(
     deployment: Annotated[
         str, typer.Argument(help="FLOW/DEPLOYMENT, e.g. housing_regression/nightly.")

@@ -1,0 +1,136 @@
+"""What the user sees when a command goes wrong: a mistake of theirs (a malformed list, an
+unknown experiment, an unreachable store) ends with one ``error: ...`` line and exit code 1,
+never a Python traceback; a SIGTERM, SIGINT or SIGHUP with one line and 128 + its number."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import threading
+
+import typer
+from rich.markup import escape
+
+from flows.cli.render import err_console
+
+
+class UsageError(ValueError):
+    """A mistake in what the user typed."""
+
+
+def friendly_errors(fn):
+    """Turn the errors a user can cause into one line on stderr and exit code 1; a SIGTERM,
+    Ctrl-C (SIGINT) or SIGHUP into one line and exit code 128 + the signal's number, after
+    the run was ended KILLED. The processes the command started stop as the interpreter exits
+    (the temporary Prefect server's ``atexit`` hook, after Prefect has sent its last logs),
+    and with it in any case (``flows.stack.tie``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from tasks.killed import OWNED, kill_reason
+
+        restore = _catch_signals()
+        owned = len(OWNED)
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            reason = kill_reason(exc)
+            if len(OWNED) > owned and (reason or isinstance(exc, Exception)):
+                from tasks.tracking import RunStatus, end_own_runs, error_line
+
+                status = RunStatus.KILLED if reason else RunStatus.FAILED
+                end_own_runs(owned, reason or error_line(exc), status)
+            if isinstance(exc, _user_errors()):
+                import httpx
+                from mlflow.exceptions import MlflowException
+
+                msg = exc.message if isinstance(exc, MlflowException) else str(exc)
+                if isinstance(exc, httpx.TransportError | ConnectionRefusedError):
+                    from prefect.settings import PREFECT_API_URL
+
+                    if PREFECT_API_URL.value():
+                        msg = f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {msg}"
+                line = msg.splitlines()[0] if msg else type(exc).__name__
+                err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
+                raise typer.Exit(1) from None
+            if reason is None:
+                raise
+            signum = getattr(exc, "signum", None) or getattr(exc, "signal", signal.SIGINT)
+            err_console.print(f"[bold red]error:[/] {reason}", soft_wrap=True)
+            raise typer.Exit(128 + int(signum)) from None
+        finally:
+            restore()
+
+    return wrapper
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user can cause (imported when one happens: the CLI starts its work, and the
+    temporary Prefect server, before it imports MLflow)."""
+    import httpx
+    from mlflow.exceptions import MlflowException
+
+    return (ValueError, ArithmeticError, OSError, RuntimeError, MlflowException, httpx.HTTPError)
+
+
+def _catch_signals():
+    """SIGTERM, SIGINT and SIGHUP (a closed terminal) raise ``tasks.killed.RunKilled`` in
+    the main thread: the flow's run ends KILLED (``tracking.end_run``) and the command exits.
+    A second signal while that happens exits at once (the started servers' watchdogs stop
+    them). Returns a function restoring the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    from tasks.killed import RunKilled
+
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if received:
+            os._exit(128 + signum)
+        received.append(signum)
+        raise RunKilled(signum)
+
+    # a signal the command was started to ignore (nohup, a shell's background job) stays so
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
+
+    def restore():
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def preflight(flows: bool = False):
+    """Before a command's work: one short check of the MLflow tracking store (a few seconds,
+    not MLflow's minutes of retries); with ``flows``, the temporary Prefect server the
+    command may start is made to die with it (``flows.stack.own_prefect_server``)."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if flows:  # first: the server starts while the rest is imported
+                from flows.stack import own_prefect_server
+
+                own_prefect_server()
+            check_tracking_store()
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def check_tracking_store() -> None:
+    import mlflow
+
+    from tasks.tracking import tracking_store_error
+
+    uri = mlflow.get_tracking_uri()
+    problem = tracking_store_error(uri)
+    if problem is not None:
+        raise ConnectionError(f"cannot reach the MLflow tracking store {uri}: {problem}")
