@@ -23,9 +23,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlcore.nn.checks import GRADIENT_CHECKS
-from mlcore.nn.solver import UPDATE_RULES
-
 
 @dataclass
 class Param:
@@ -34,9 +31,11 @@ class Param:
     ``default`` is the flow's default; ``None`` with ``per_dataset`` means "the dataset's
     default" (resolved by :meth:`Experiment.resolve`). ``minimum`` bounds numbers (and every
     item of a list), strictly when ``exclusive``; ``maximum`` likewise from above.
-    ``choices`` bounds strings. ``alias`` is the singular name a sweep may use for one item of
-    a list parameter (``alpha`` for ``alphas``); ``option`` the ``mlcore run`` option when it
-    is not ``--<name>``. ``data``: fixed for a whole sweep (``--set`` only, never swept).
+    ``choices`` bounds strings: a tuple, or ``"module:NAME"`` naming where the library keeps
+    them (imported when first needed: this module loads neither numpy nor Prefect).
+    ``alias`` is the singular name a sweep may use for one item of a list parameter
+    (``alpha`` for ``alphas``); ``option`` the ``mlcore run`` option when it is not
+    ``--<name>``. ``data``: fixed for a whole sweep (``--set`` only, never swept).
     ``cli``: offered by ``mlcore run`` (False for what a sweep or the CLI sets itself)."""
 
     name: str
@@ -47,11 +46,19 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     exclusive: bool = False
-    choices: tuple = ()
+    choices: tuple | str = ()
     alias: str | None = None
     option: str | None = None
     data: bool = False
     cli: bool = True
+
+    @property
+    def allowed(self) -> tuple:
+        """The values a string parameter may take (empty: any)."""
+        if isinstance(self.choices, str):
+            module, _, name = self.choices.partition(":")
+            return tuple(getattr(importlib.import_module(module), name))
+        return self.choices
 
     @property
     def is_list(self) -> bool:
@@ -272,13 +279,6 @@ HOUSING = Experiment(
     trial_defaults=_housing_trial,
 )
 
-_ARCH = "Default: per dataset (digits {digits}, cifar10 {cifar10})."
-
-
-def _per(help_text: str, table: Mapping) -> str:
-    return f"{help_text} {_ARCH.format(**table)}"
-
-
 _LR = {"digits": 1e-2, "cifar10": 1e-3}
 _BATCH = {"digits": 25, "cifar10": 50}
 _FILTERS = {"digits": 16, "cifar10": 32}
@@ -308,21 +308,25 @@ CONVNET = Experiment(
             "batch_size",
             int | None,
             None,
-            _per("Mini-batch size.", _BATCH),
+            "Mini-batch size.",
             per_dataset=_BATCH,
             minimum=1,
         ),  # fmt: skip
+        Param("lr", float | None, None, "Learning rate.", per_dataset=_LR, minimum=0),  # fmt: skip
         Param(
-            "lr", float | None, None, _per("Learning rate.", _LR), per_dataset=_LR, minimum=0
-        ),  # fmt: skip
-        Param("update_rule", str, "adam", "Solver update rule.", choices=UPDATE_RULES),
+            "update_rule",
+            str,
+            "adam",
+            "Solver update rule.",
+            choices="mlcore.nn.solver:UPDATE_RULES",
+        ),
         Param("lr_decay", float, 1.0, "Learning rate factor after each epoch.", minimum=0),
         Param("reg", float, 0.0, "L2 regularisation.", minimum=0),
         Param(
             "hidden_dim",
             int | None,
             None,
-            _per("Hidden layer size.", _HIDDEN),
+            "Hidden layer size.",
             per_dataset=_HIDDEN,
             minimum=1,
         ),  # fmt: skip
@@ -330,7 +334,7 @@ CONVNET = Experiment(
             "num_filters",
             int | None,
             None,
-            _per("Convolution filters.", _FILTERS),
+            "Convolution filters.",
             per_dataset=_FILTERS,
             minimum=1,
         ),  # fmt: skip
@@ -338,7 +342,7 @@ CONVNET = Experiment(
             "filter_size",
             int | None,
             None,
-            _per("Filter width.", _FILTER_SIZE),
+            "Filter width.",
             per_dataset=_FILTER_SIZE,
             minimum=1,
         ),  # fmt: skip
@@ -346,7 +350,7 @@ CONVNET = Experiment(
             "weight_scale",
             float | None,
             None,
-            _per("Initial weight scale.", _SCALE),
+            "Initial weight scale.",
             per_dataset=_SCALE,
             minimum=0,
         ),  # fmt: skip
@@ -379,7 +383,7 @@ GRADCHECK = Experiment(
             list[str] | None,
             None,
             "Checks to run (default: all).",
-            choices=tuple(GRADIENT_CHECKS),
+            choices="mlcore.nn.checks:GRADIENT_CHECKS",
         ),  # fmt: skip
         Param("seed", int, 231, "Seed of the random inputs (the course's 231)."),
     ],
@@ -481,8 +485,8 @@ def _type_name(param: Param) -> str:
 
 
 def _constraint(param: Param) -> str:
-    if param.choices:
-        return "one of " + ", ".join(map(str, param.choices))
+    if param.allowed:
+        return "one of " + ", ".join(map(str, param.allowed))
     lo, hi = param.minimum, param.maximum
     strict = "<" if param.exclusive else "<="
     if lo is not None and hi is not None:

@@ -99,8 +99,9 @@ def _typed(kind: type, value: Any, where: str) -> Any:
 
 
 def check_item(param: Param, value: Any, where: str) -> None:
-    if param.choices and value not in param.choices:
-        raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(str, param.choices))}")
+    allowed = param.allowed
+    if allowed and value not in allowed:
+        raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
     lo, hi, strict = param.minimum, param.maximum, param.exclusive
     if lo is not None and (value < lo or (strict and value == lo)):
         raise ValueError(f"{where}: {value!r} must be {'>' if strict else '>='} {lo:g}")

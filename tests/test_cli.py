@@ -7,20 +7,11 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from flows.cli import app, parse_list
+from flows.cli import app
 from tests.conftest import one_line_error
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
-
-
-def test_parse_list():
-    assert parse_list("1e-4, 1e-2,1", float, "--alphas") == [1e-4, 1e-2, 1.0]
-    assert parse_list(None, float, "--alphas") is None
-    with pytest.raises(ValueError, match="--sgd-epochs: '2.5' is not a valid int"):
-        parse_list("10,2.5", int, "--sgd-epochs")
-    with pytest.raises(ValueError, match="--alphas: empty list"):
-        parse_list(" , ", float, "--alphas")
 
 
 def test_malformed_list_is_one_line(mlflow_store):

@@ -78,7 +78,7 @@ def test_rerun_reproduces_exactly_then_reports_a_changed_parameter(
     assert len(rows) == 3 and "best_val_mae" in metric_columns(rows, columns)
     one_line_error(
         runner.invoke(app, ["runs", "housing", "--plot", str(png), "--metric", "nope"], env=ENV),
-        r"error: --metric: no run has metric 'nope' \(metrics: best_test_mae, ",
+        r"error: --metric: no run has metric 'nope' \(metrics: baseline_val_mae, best_test_mae, ",
     )
 
     # the original claims other data, other code and another environment (an older numpy,

@@ -32,23 +32,21 @@ def test_a_convnet_trial_is_mlcore_run_with_the_seed_it_logged(prefect_harness, 
     assert seed == trial_seed(4, 0)
     assert trial.data.tags["mlflow.parentRunId"] == result["run_id"]
     assert "registered" not in trial.data.tags  # a trial leaves the registry to its sweep
-    args = ["run", "convnet", "--lr", "0.01", "--num-train", "100", "--epochs", "2",
-            "--num-filters", "4", "--hidden-dim", "8", "--batch-size", "50", "--seed", str(seed)]  # fmt: skip
+    options = {"lr": "0.01", "num-train": "100", "epochs": "2", "num-filters": "4",
+               "hidden-dim": "8", "batch-size": "50", "seed": str(seed)}  # fmt: skip
+    args = ["run", "convnet", *(x for k, v in options.items() for x in (f"--{k}", v))]
     single = client.get_run(run_id_of(runner.invoke(app, args)))
     for name in ("best_val_acc", "final_train_acc", "test_acc", "baseline_val_acc"):
         assert single.data.metrics[name] == trial.data.metrics[name], name
     losses = [
-        [m.value for m in client.get_metric_history(r.info.run_id, "loss")]
-        for r in (trial, single)
+        [m.value for m in client.get_metric_history(r.info.run_id, "loss")] for r in (trial, single)
     ]
     assert len(losses[0]) == 4 and losses[0] == losses[1]
     same = {k: v for k, v in single.data.params.items() if k in trial.data.params}
     assert same == trial.data.params  # every parameter the trial logged, resolved values too
 
 
-def test_a_housing_trial_is_the_same_model_of_mlcore_run(
-    prefect_harness, data_env, mlflow_store
-):
+def test_a_housing_trial_is_the_same_model_of_mlcore_run(prefect_harness, data_env, mlflow_store):
     result = run_sweep("housing", ["lr=0.01,0.05"], seed=2, set_=["epochs=20"])
     client = MlflowClient()
     for trial in result["trials"]:

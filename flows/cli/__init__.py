@@ -14,7 +14,6 @@ import typer
 
 from flows.cli import ops, predict, rerun, runs, sweep, ui
 from flows.cli.errors import UsageError, check_tracking_store, friendly_errors, preflight
-from flows.cli.options import parse_list
 from flows.cli.process import set_up_process
 from flows.cli.render import console, err_console, fmt, print_table
 from flows.cli.run import (
@@ -57,7 +56,6 @@ __all__ = [
     "fmt",
     "friendly_errors",
     "main",
-    "parse_list",
     "preflight",
     "print_table",
     "run_app",

@@ -1,57 +1,119 @@
-"""``mlcore run housing|gradcheck|convnet|pipeline``: run a flow now, in this process, and show
-its result."""
+"""``mlcore run EXPERIMENT``: run an experiment's flow now, in this process, and show its
+result. The commands and their options are built from the experiment registry
+(:mod:`flows.experiments`): one option per declared parameter, with its help, default and
+constraint, its text read by :mod:`flows.params`, the parser every command shares."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from flows.cli.errors import UsageError, friendly_errors, preflight
-from flows.cli.options import parse_list
 from flows.cli.render import console, print_table
+from flows.experiments import EXPERIMENTS, Experiment, Param, default_text
 
 run_app = typer.Typer(help="Run a flow now, in this process.", no_args_is_help=True)
 
+RESUME_HELP = (
+    "Continue this unfinished (FAILED or KILLED) MLflow run from its last checkpoint, with its "
+    "own parameters."
+)
 
-@run_app.command("housing")
-@friendly_errors
-@preflight(flows=True)
-def run_housing(
-    alphas: Annotated[str | None, typer.Option(help="Ridge alphas, comma-separated.")] = None,
-    sgd_lr: Annotated[str | None, typer.Option(help="SGD learning rates to tune over.")] = None,
-    sgd_epochs: Annotated[str | None, typer.Option(help="SGD epoch counts to tune over.")] = None,
-    sgd_batch_size: Annotated[int, typer.Option(min=1, help="SGD mini-batch size.")] = 32,
-    seed: Annotated[int, typer.Option(help="Seed of SGD's shuffling.")] = 1234,
-    standardize: Annotated[
-        bool,
-        typer.Option(
-            help="Standardize the features on the training rows (--no-standardize: fit on the "
-            "features as downloaded, which reproduces the course's printed ridge errors)."
-        ),
-    ] = True,
-) -> None:
-    """Linear regression on LIBSVM housing_scale: OLS, ridge per alpha, SGD tuned on val."""
-    from flows.housing import housing_regression
 
-    params: dict[str, Any] = {
-        "sgd_batch_size": sgd_batch_size, "seed": seed, "standardize": standardize,
-    }  # fmt: skip
-    for key, option, kind, lowest, strict in (
-        ("alphas", "--alphas", float, 0, False),
-        ("sgd_lrs", "--sgd-lr", float, 0, True),
-        ("sgd_epochs", "--sgd-epochs", int, 1, False),
-    ):
-        text = {"alphas": alphas, "sgd_lrs": sgd_lr, "sgd_epochs": sgd_epochs}[key]
-        value = parse_list(text, kind, option)
-        if value is None:
-            continue
-        bad = [v for v in value if v < lowest or (strict and v == lowest)]
-        if bad:
-            raise UsageError(f"{option}: {bad[0]!r} must be {'>' if strict else '>='} {lowest}")
-        params[key] = value
-    result = housing_regression(**params)
-    show_housing_result(result)
+def _metavar(param: Param) -> str:
+    kind = {int: "INT", float: "FLOAT", bool: "BOOL"}.get(param.item_type, "TEXT")
+    if param.allowed:
+        kind = "|".join(map(str, param.allowed))
+    return f"{kind},..." if param.is_list else kind
+
+
+def _option(param: Param) -> inspect.Parameter:
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    if param.base_type is bool:
+        name = param.option_name[2:]
+        option = typer.Option(f"--{name}/--no-{name}", help=param.help)
+        return inspect.Parameter(
+            param.name, keyword, default=param.default, annotation=Annotated[bool, option]
+        )
+    option = typer.Option(
+        param.option_name, help=param.help + (" Comma-separated." if param.is_list else ""),
+        metavar=_metavar(param), show_default=default_text(param),
+    )  # fmt: skip
+    return inspect.Parameter(
+        param.name, keyword, default=None, annotation=Annotated[str | None, option]
+    )
+
+
+class RunCommand:
+    """``mlcore run NAME``: parses the options of ``exp``'s declared parameters and calls
+    ``run(values, resume)`` with the ones given (the rest keep the flow's defaults). An
+    experiment whose flow can resume also gets ``--resume RUN_ID``, which takes no other
+    option. Its signature (what typer builds the options from) is made when typer first asks,
+    when the command line is parsed: some parameters' choices live in mlcore, which loads
+    numpy, and the CLI loads nothing before its process set-up."""
+
+    def __init__(self, exp: Experiment, run: Callable[[dict, str | None], None]):
+        self.exp, self.run = exp, run
+        self.__name__ = self.__qualname__ = f"run_{exp.name}"
+        self.__doc__ = exp.help
+        self.__module__ = __name__
+        self._signature: inspect.Signature | None = None
+
+    @property
+    def params(self) -> list[Param]:
+        return [p for p in self.exp.params if p.cli]
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        if self._signature is None:
+            options = [_option(p) for p in self.params]
+            if self.exp.resumable:
+                resume = typer.Option(metavar="RUN_ID", help=RESUME_HELP)
+                options.append(
+                    inspect.Parameter(
+                        "resume",
+                        inspect.Parameter.KEYWORD_ONLY,
+                        default=None,
+                        annotation=Annotated[str | None, resume],
+                    )  # fmt: skip
+                )
+            self._signature = inspect.Signature(options)
+        return self._signature
+
+    def __call__(self, **given: Any) -> None:
+        from flows.params import parse
+
+        resume = given.pop("resume", None)
+        values = {}
+        for p in self.params:
+            raw = given.get(p.name)
+            if p.base_type is bool:
+                if raw is not None and raw != p.default:
+                    values[p.name] = raw
+            elif raw is not None:
+                values[p.name] = parse(p, raw, p.option_name)
+        if resume is not None and values:
+            first = next(p for p in self.params if p.name in values)
+            raise UsageError(
+                f"--resume continues the run with its own parameters: drop {first.option_name}"
+            )
+        self.run(values, resume)
+
+
+def _runner(exp: Experiment, show: Callable[[dict], None]) -> Callable[[dict, str | None], None]:
+    def run(values: dict, resume: str | None) -> None:
+        flow = exp.load_flow()
+        if resume is None:
+            show(flow(**values))
+            return
+        from tasks import tracking
+
+        show(flow(**tracking.resumable_params(resume, flow.name), resume=resume))
+
+    return run
 
 
 def show_housing_result(result: dict) -> None:
@@ -69,28 +131,6 @@ def show_housing_result(result: dict) -> None:
     console.print(f"MLflow run id: [bold]{result['run_id']}[/]")
 
 
-@run_app.command("gradcheck")
-@friendly_errors
-@preflight(flows=True)
-def run_gradcheck(
-    layers: Annotated[
-        str | None, typer.Option(help="Checks to run, comma-separated (default: all).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random inputs (the course's 231).")] = 231,
-) -> None:
-    """Gradient-check every layer, sandwich and the ConvNet (fails if any is over threshold)."""
-    from flows.gradcheck import gradient_check_flow
-    from mlcore.nn.checks import GRADIENT_CHECKS
-
-    names = parse_list(layers, str, "--layers")
-    unknown = [n for n in names or [] if n not in GRADIENT_CHECKS]
-    if unknown:
-        raise UsageError(
-            f"--layers: unknown check {unknown[0]!r}; known: {', '.join(GRADIENT_CHECKS)}"
-        )
-    show_gradcheck_result(gradient_check_flow(layers=names, seed=seed))
-
-
 def show_gradcheck_result(result: dict) -> None:
     rows = [{**r, "ok": "ok" if r["ok"] else "FAIL"} for r in result["results"]]
     print_table(
@@ -101,72 +141,6 @@ def show_gradcheck_result(result: dict) -> None:
     console.print(f"MLflow run id: [bold]{result['run_id']}[/]")
 
 
-@run_app.command("convnet")
-@friendly_errors
-@preflight(flows=True)
-def run_convnet(
-    ctx: typer.Context,
-    dataset: Annotated[str, typer.Option(help="digits (offline) or cifar10.")] = "digits",
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Default: per dataset (digits 25, cifar10 50).")
-    ] = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(min=0.0, help="Learning rate (per dataset: digits 1e-2, cifar10 1e-3)."),
-    ] = None,
-    update_rule: Annotated[str, typer.Option(help="sgd, sgd_momentum, rmsprop or adam.")] = "adam",
-    reg: Annotated[float, typer.Option(min=0.0, help="L2 regularisation.")] = 0.0,
-    hidden_dim: Annotated[int | None, typer.Option(min=1, help="Default: per dataset.")] = None,
-    num_filters: Annotated[int | None, typer.Option(min=1, help="Default: per dataset.")] = None,
-    filter_size: Annotated[int | None, typer.Option(min=1, help="Default: per dataset.")] = None,
-    weight_scale: Annotated[
-        float | None, typer.Option(min=0.0, help="Default: per dataset.")
-    ] = None,
-    num_train: Annotated[
-        int | None, typer.Option(min=1, help="Use the first N training rows.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation and minibatches.")] = 0,
-    resume: Annotated[
-        str | None,
-        typer.Option(
-            metavar="RUN_ID",
-            help="Continue this unfinished (FAILED or KILLED) MLflow run from its last "
-            "checkpoint, with its own parameters.",
-        ),
-    ] = None,
-) -> None:
-    """Train the course's ThreeLayerConvNet with Solver (gated by a gradient check)."""
-    from flows.convnet import convnet_training
-
-    if resume is not None:
-        from tasks import tracking
-
-        # by name: typer's Context may come from its own copy of click
-        given = [
-            name for name in ctx.params
-            if name != "resume" and ctx.get_parameter_source(name).name != "DEFAULT"
-        ]  # fmt: skip
-        if given:
-            raise UsageError(
-                f"--resume continues the run with its own parameters: drop "
-                f"--{given[0].replace('_', '-')}"
-            )
-        params = tracking.resumable_params(resume, "convnet_training")
-        show_convnet_result(convnet_training(**params, resume=resume))
-        return
-    if update_rule not in ("sgd", "sgd_momentum", "rmsprop", "adam"):
-        raise UsageError(
-            f"--update-rule: {update_rule!r} is not one of sgd, sgd_momentum, rmsprop, adam"
-        )
-    result = convnet_training(
-        dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, update_rule=update_rule,
-        reg=reg, hidden_dim=hidden_dim, num_filters=num_filters, filter_size=filter_size,
-        weight_scale=weight_scale, num_train=num_train, seed=seed,
-    )  # fmt: skip
-    show_convnet_result(result)
-
-
 def show_convnet_result(result: dict) -> None:
     if result.get("resumed_from_epoch"):
         console.print(f"resumed from the checkpoint of epoch {result['resumed_from_epoch']}")
@@ -175,17 +149,19 @@ def show_convnet_result(result: dict) -> None:
     console.print(f"MLflow run id: [bold]{result['run_id']}[/]")
 
 
-@run_app.command("pipeline")
-@friendly_errors
-@preflight(flows=True)
-def run_pipeline(
-    convnet_epochs: Annotated[int, typer.Option(min=1)] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the ConvNet training.")] = 0,
-) -> None:
-    """The main job: housing regression, the gradient checks, the ConvNet on digits."""
-    from flows.pipeline import pipeline
-
-    result = pipeline(convnet_epochs=convnet_epochs, seed=seed)
+def show_pipeline_result(result: dict) -> None:
     show_housing_result(result["housing"])
     show_gradcheck_result(result["gradcheck"])
     show_convnet_result(result["convnet"])
+
+
+SHOW = {
+    "housing": show_housing_result,
+    "gradcheck": show_gradcheck_result,
+    "convnet": show_convnet_result,
+    "pipeline": show_pipeline_result,
+}
+for _name, _exp in EXPERIMENTS.items():
+    run_app.command(_name, help=_exp.help)(
+        friendly_errors(preflight(flows=True)(RunCommand(_exp, _runner(_exp, SHOW[_name]))))
+    )
