@@ -308,6 +308,25 @@ def test_spatial_batchnorm_test_forward(rng):
     assert np.all(np.abs(out.std(axis=(0, 2, 3)) - 1) < 0.1)
 
 
+def test_spatial_batchnorm_test_forward_normalises_with_the_running_statistics(rng):
+    N, C, H, W = 4, 3, 5, 6
+    gamma, beta = rng.uniform(0.5, 2.0, C), rng.standard_normal(C)
+    bn_param = {"mode": "train"}
+    for _ in range(20):
+        spatial_batchnorm_forward(rng.standard_normal((N, C, H, W)), gamma, beta, bn_param)
+    running_mean, running_var = bn_param["running_mean"].copy(), bn_param["running_var"].copy()
+    bn_param["mode"] = "test"
+    # far from the training data, with a different mean per channel: the batch's own
+    # per-channel statistics would give mean beta and std gamma
+    x = 3 * rng.standard_normal((N, C, H, W)) + np.array([50.0, -40.0, 60.0])[:, None, None]
+    out, _ = spatial_batchnorm_forward(x, gamma, beta, bn_param)
+    g, b, mu, var = (a.reshape(1, C, 1, 1) for a in (gamma, beta, running_mean, running_var))
+    expected = g * (x - mu) / np.sqrt(var + 1e-5) + b
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    np.testing.assert_array_equal(bn_param["running_mean"], running_mean)  # test mode: unchanged
+    np.testing.assert_array_equal(bn_param["running_var"], running_var)
+
+
 def test_spatial_batchnorm_backward_numeric(rng):
     N, C, H, W = 2, 3, 4, 5
     x = 5 * rng.standard_normal((N, C, H, W)) + 12

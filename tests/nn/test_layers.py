@@ -138,7 +138,7 @@ def test_batchnorm_train_forward_statistics(rng):
     np.testing.assert_allclose(out.std(axis=0), gamma, rtol=1e-6)
 
 
-def test_batchnorm_test_forward_uses_running_averages(rng):
+def test_batchnorm_running_averages_approach_the_population_statistics(rng):
     N, D1, D2, D3 = 200, 50, 60, 3
     W1 = rng.standard_normal((D1, D2))
     W2 = rng.standard_normal((D2, D3))
@@ -153,6 +153,31 @@ def test_batchnorm_test_forward_uses_running_averages(rng):
     # the running averages approach the population statistics: means near 0, stds near 1
     assert np.all(np.abs(out.mean(axis=0)) < 0.2)
     assert np.all(np.abs(out.std(axis=0) - 1) < 0.2)
+
+
+def test_batchnorm_test_forward_normalises_with_the_running_statistics_not_the_batch(rng):
+    D = 5
+    gamma, beta = rng.uniform(0.5, 2.0, D), rng.standard_normal(D)
+    bn_param = {"mode": "train"}
+    for _ in range(20):
+        batchnorm_forward(rng.standard_normal((64, D)), gamma, beta, bn_param)
+    running_mean, running_var = bn_param["running_mean"].copy(), bn_param["running_var"].copy()
+    bn_param["mode"] = "test"
+    # a test batch far from the training data: its own statistics would give mean beta, std gamma
+    x = 3 * rng.standard_normal((64, D)) + 50
+    out, _ = batchnorm_forward(x, gamma, beta, bn_param)
+    expected = gamma * (x - running_mean) / np.sqrt(running_var + 1e-5) + beta
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    np.testing.assert_array_equal(bn_param["running_mean"], running_mean)  # test mode: unchanged
+    np.testing.assert_array_equal(bn_param["running_var"], running_var)
+
+    # running statistics given in bn_param, with their own eps
+    mean, var = np.array([1.0, -2.0, 3.0]), np.array([0.25, 4.0, 9.0])
+    param = {"mode": "test", "running_mean": mean, "running_var": var, "eps": 1e-3}
+    x = rng.standard_normal((8, 3)) + 50
+    out, _ = batchnorm_forward(x, np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.0, -0.5]), param)
+    expected = np.array([1.0, 2.0, 3.0]) * (x - mean) / np.sqrt(var + 1e-3) + [0.5, 0.0, -0.5]
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
 
 
 def test_batchnorm_running_average_update(rng):
