@@ -104,9 +104,12 @@ def test_rerun_reproduces_exactly_then_reports_a_changed_parameter(
     assert re.search(r"mlcore-retired-helper\s.*2\.13\.0\+cpu\s.*\(absent\)", other.output)
     assert "reproduced exactly" not in other.output and "every metric is the same" in other.output
 
+    # a value the parser refuses never starts the flow
+    refused = runner.invoke(app, ["rerun", original["run_id"], "--set", "sgd_lrs=-1"], env=ENV)
+    one_line_error(refused, r"error: --set sgd_lrs: -1.0 must be > 0")
     # a rerun whose flow fails: its run is FAILED and still says what it reran
-    failed = runner.invoke(app, ["rerun", original["run_id"], "--set", "sgd_lrs=-1"], env=ENV)
-    one_line_error(failed, r"error: lr must be a number > 0, got -1.0")
+    failed = runner.invoke(app, ["rerun", original["run_id"], "--set", "dataset=nope"], env=ENV)
+    one_line_error(failed, r"error: unknown dataset 'nope'; known datasets: ")
     (last,) = client.search_runs(
         [before.info.experiment_id], "attributes.status = 'FAILED'", max_results=1
     )
