@@ -161,15 +161,21 @@ def log_text(run_id: str, text: str, artifact_file: str) -> None:
 
 
 def log_table(run_id: str, df: pd.DataFrame, artifact_file: str) -> None:
-    """An MLflow table artifact (shown as a table in the UI's artifact view); kept during an
-    outage in the same format (``.json``: pandas' ``orient="split"``; or ``.parquet``)."""
+    """An MLflow table artifact (shown as a table in the UI's artifact view; a second call
+    with the same file appends its rows). Kept during an outage in the same format and the
+    same way (``.json``: pandas' ``orient="split"``; or ``.parquet``)."""
+    parquet = artifact_file.endswith(".parquet")
 
     def keep(folder):
         path = spool.artifact_path(folder, artifact_file)
-        if artifact_file.endswith(".parquet"):
-            df.to_parquet(path, index=False)
+        table = df
+        if path.exists():
+            before = pd.read_parquet(path) if parquet else pd.read_json(path, orient="split")
+            table = pd.concat([before, df], ignore_index=True)
+        if parquet:
+            table.to_parquet(path, index=False)
         else:
-            df.to_json(path, orient="split", index=False, date_format="iso")
+            table.to_json(path, orient="split", index=False, date_format="iso")
 
     spool.send(run_id, lambda: client().log_table(run_id, df, artifact_file), keep)
 
