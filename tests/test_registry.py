@@ -351,7 +351,7 @@ def test_the_promotion_lock_sits_beside_a_local_store(tmp_path):
 
 
 class _Pickled(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         return model_input
 
 
