@@ -11,6 +11,7 @@ looks better on easier data.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -268,7 +269,7 @@ def check_mlcore_model(local: str | Path, model_uri: str) -> str:
         raise refuse(f"its flavors are {', '.join(flavors)}, not python_function only")
     conf = model.flavors["python_function"]
     code_file = conf.get("model_code_path")
-    if conf.get("loader_module") != "mlflow.pyfunc.loaders.code_model" or not code_file:
+    if conf.get("loader_module") != code_model_loader() or not code_file:
         raise refuse("it is not a python_function model from a code file")
     if conf.get("python_model"):
         raise refuse("it holds a pickled Python object")
@@ -297,6 +298,49 @@ def check_mlcore_model(local: str | Path, model_uri: str) -> str:
         if foreign:
             raise refuse(f"it ships code other than mlcore's: {foreign[0]}")
     return kind
+
+
+# A trivial model from code, saved once to learn what MLflow writes for one (see below)
+_REFERENCE_CODE = """\
+import mlflow
+import numpy as np
+
+
+class Reference(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        return model_input
+
+
+mlflow.models.set_model(Reference())
+"""
+
+
+@functools.cache
+def code_model_loader() -> str:
+    """The ``loader_module`` that MLflow writes into the MLmodel of a pyfunc model from code:
+    the module that loading such a model imports and runs, and the one mlcore's models have.
+
+    MLflow documents the ``loader_module`` field of the python_function flavor but not its
+    value for a model from code (the module that holds it, ``mlflow.pyfunc.loaders``, is not
+    part of the documented API). So rather than a string an MLflow upgrade could change, it is
+    read from a reference model saved with the public ``mlflow.pyfunc.save_model`` and loaded
+    with ``mlflow.models.Model.load``; tests/test_registry.py checks that it is what mlcore's
+    logged models carry and that a pickled model's loader is another."""
+    import tempfile
+
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "reference_model.py"
+        code.write_text(_REFERENCE_CODE)
+        mlflow.pyfunc.save_model(
+            str(Path(tmp) / "model"),
+            python_model=str(code),
+            pip_requirements=[],
+            input_example=np.zeros((1, 1)),
+            uv_project_path=tmp,  # no uv project there: nothing copied, nothing printed
+        )
+        return Model.load(str(Path(tmp) / "model")).flavors["python_function"]["loader_module"]
 
 
 def read_features(path: str | Path) -> np.ndarray:

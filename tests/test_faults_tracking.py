@@ -4,6 +4,8 @@ FINISHED and the flow fails with one clear error."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -141,3 +144,49 @@ def test_server_stopped_mid_training_loses_nothing(prefect_harness, mlflow_serve
         assert "gate.rel_error.W1" in run.data.metrics
     finally:
         again.stop()
+
+
+def test_tables_json_and_checkpoints_are_kept_when_the_server_is_gone(mlflow_server, tmp_path):
+    """With the server stopped, log_table, log_json and log_checkpoint each spool, both as the
+    first call to meet the outage (one run each) and after another call did: none raises, and
+    the flow's end names the folder that holds them."""
+    client = MlflowClient()
+    exp = tracking.experiment_id("outage")
+    table_run, json_run, checkpoint_run = (client.create_run(exp).info.run_id for _ in range(3))
+    board = pd.DataFrame({"trial": [0, 1], "val_mae": [3.25, 2.5]})
+    trials = [{"number": 0, "params": {"lr": 0.01}}, {"number": 1, "params": {"lr": 0.1}}]
+    files = []
+    for epoch in (1, 2, 3):
+        files.append(tmp_path / f"convnet_epoch_{epoch}.npz")
+        np.savez(files[-1], epoch=np.array(epoch))
+    mlflow_server.stop()
+
+    tracking.log_table(table_run, board, "leaderboard.json")  # each the first call after the stop
+    tracking.log_json(json_run, trials, "trials.json")
+    tracking.log_checkpoint(checkpoint_run, files[0], 1)
+    for run_id in (table_run, json_run, checkpoint_run):  # and each after another call spooled
+        tracking.log_table(run_id, board, "leaderboard.json")
+        tracking.log_json(run_id, trials, "trials.json")
+        for epoch, path in enumerate(files, start=1):
+            tracking.log_checkpoint(run_id, path, epoch)
+
+    for run_id in (table_run, json_run, checkpoint_run):
+        kept = tmp_path / "mlcore-unsent" / run_id
+        table = pd.read_json(kept / "artifacts" / "leaderboard.json", orient="split")
+        if run_id == table_run:  # logged twice: appended, as MLflow's log_table does
+            board_twice = pd.concat([board, board], ignore_index=True)
+            pd.testing.assert_frame_equal(table, board_twice)
+        else:
+            pd.testing.assert_frame_equal(table, board)
+        assert json.loads((kept / "artifacts" / "trials.json").read_text()) == trials
+        listed = json.loads(json.loads((kept / "tags.json").read_text())["mlcore.checkpoints"])
+        assert [c["epoch"] for c in listed] == [2, 3]  # the last two, as in MLflow
+        checkpoints = kept / "artifacts" / "checkpoints"
+        assert sorted(p.name for p in checkpoints.iterdir()) == [f.name for f in files[1:]]
+        for entry in listed:
+            data = (kept / "artifacts" / entry["artifact"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+            assert data == files[entry["epoch"] - 1].read_bytes()
+        assert tracking.logged_checkpoints(run_id) == []  # none that MLflow holds
+        with pytest.raises(tracking.TrackingUnavailable, match=f"went away during run {run_id}"):
+            tracking.end_run(run_id)

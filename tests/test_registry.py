@@ -348,3 +348,34 @@ def test_the_promotion_lock_sits_beside_a_local_store(tmp_path):
     server = lock_path("http://127.0.0.1:5000")
     assert server.parent == Path(tempfile.gettempdir()) and server.name.startswith("mlcore-")
     assert server != lock_path("http://127.0.0.1:5001")
+
+
+class _Pickled(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
+        return model_input
+
+
+def test_the_loader_of_a_model_from_code_is_mlflows_own(logged, tmp_path):
+    """check_mlcore_model relies on MLflow writing one loader_module for every model from
+    code, read from a reference model it saves: mlcore's logged models carry that one, and a
+    pickled Python object's model another, which is refused."""
+    from mlflow.models import Model
+
+    from tasks.registry import UntrustedModelError, check_mlcore_model, code_model_loader
+
+    local = mlflow.artifacts.download_artifacts(logged["uri"], dst_path=str(tmp_path / "ours"))
+    ours = Model.load(local).flavors["python_function"]
+    assert ours["loader_module"] == code_model_loader()
+    assert check_mlcore_model(local, logged["uri"]) == "linear"
+
+    pickled = tmp_path / "pickled"
+    mlflow.pyfunc.save_model(
+        str(pickled),
+        python_model=_Pickled(),
+        pip_requirements=[],
+        metadata={"mlcore_kind": "linear"},
+    )
+    conf = Model.load(str(pickled)).flavors["python_function"]
+    assert conf["loader_module"] != code_model_loader() and conf.get("python_model")
+    with pytest.raises(UntrustedModelError, match="not a python_function model from a code file"):
+        check_mlcore_model(pickled, "pickled")

@@ -1,0 +1,55 @@
+"""Where a run comes from: the code's commit and the Prefect flow run that made it."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit the code runs from, with ``-dirty`` when the work tree has changes."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def prefect_flow_run_id() -> str:
+    """The id of the Prefect flow run this code runs in ("" outside a flow)."""
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id or "")
+    except Exception:  # noqa: BLE001 - outside a flow there is simply no id
+        return ""
+
+
+def prefect_run_tags() -> dict[str, str]:
+    """``key=value`` tags of the current Prefect flow run whose key starts with ``mlcore.``
+    (e.g. ``mlcore.rerun_of=<run id>``, set with ``prefect.tags`` by ``mlcore rerun``): they are
+    copied onto the MLflow run when it is created, so a run that fails carries them too."""
+    try:
+        from prefect.runtime import flow_run
+
+        tags = list(flow_run.tags or [])
+    except Exception:  # noqa: BLE001 - outside a flow there are none
+        return {}
+    return dict(t.split("=", 1) for t in tags if t.startswith("mlcore.") and "=" in t)
