@@ -5,9 +5,9 @@ them stops every child they spawned) and are waited for until their health endpo
 The back ends are SQLite by default; a PostgreSQL URI works the same way.
 
 Every process started here is *tied* to the process that started it: it dies with it, even
-when that process is killed with SIGKILL (see ``tie``). ``own_prefect_server`` does the same
-for the temporary Prefect API server that Prefect itself would otherwise start as an
-ordinary child, one that outlives a killed parent.
+when that process is killed with SIGKILL (see ``tie``). ``own_prefect_server`` starts, the same
+way, the temporary Prefect API server of a command that runs flows, which Prefect itself would
+otherwise start as an ordinary child, one that outlives a killed parent.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -47,6 +48,7 @@ class Server:
     log: Path
     env: dict = field(default_factory=dict)
     tie: int | None = None
+    scratch: Path | None = None  # a folder of the server's own, removed by stop
 
     def wait_healthy(self, timeout: float = 180.0) -> None:
         """Poll the health endpoint; fail with the server's last log lines if it dies or
@@ -77,6 +79,8 @@ class Server:
         stop_group(self.process, timeout)
         untie(self.tie)
         self.tie = None
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def stop_group(process: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -259,112 +263,75 @@ def local_stack(
             server.stop()
 
 
-def own_prefect_server() -> None:
-    """Make the temporary Prefect API server of this process one that dies with it, and, when
-    Prefect is not imported yet (the ``mlcore`` command line), start it right away.
-
-    Without ``PREFECT_API_URL``, Prefect 3 starts a temporary server the first time a flow
-    needs the API: ``python -m uvicorn prefect.server.api.server:create_app`` as an ordinary
-    child (``prefect.server.api.server.SubprocessASGIServer``), stopped only by an ``atexit``
-    hook, so it outlives a parent killed with SIGKILL (or SIGTERM, which skips ``atexit``).
-    This puts in its place, as the instance Prefect looks up, a server started the same way
-    but in its own process group on a free loopback port, tied to this process (``tie``,
-    ``die_with_parent``). Nothing changes when ``PREFECT_API_URL`` is set, or a server is
-    already running.
-
-    Prefect waits for the server's first health answer (about 12 s of its start-up here) only
-    when a flow first needs it. Started before Prefect and the flows' modules are imported (as
-    many seconds again, on the other core), the server is up, or nearly, by then: a flow
-    command saves most of the wait. Prefect's own settings still decide: when they name an
-    API URL (a profile, a ``prefect.toml``), the early server is stopped unused."""
-    early = None
-    if "prefect" not in sys.modules and not os.environ.get("PREFECT_API_URL"):
-        port = free_port()
-        early = (port, *_spawn_temporary_server(port, {}))
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL
-
-    current = SubprocessASGIServer._instances.get(None)
-    if PREFECT_API_URL.value() or (
-        current is not None and (isinstance(current, _owned_server_class()) or current.running)
-    ):
-        if early is not None:
-            stop_group(early[1], 5.0)
-            untie(early[2])
-        return
-    if current is not None:
-        del SubprocessASGIServer._instances[None]
-    server = _owned_server_class()()
-    if early is not None:
-        server.adopt(*early)
+# The temporary server runs what a flow run in this process needs and nothing else, as Prefect's
+# own temporary server does: its task-run recorder, event persister and triggers, but no UI, no
+# telemetry, and none of the services that act on the database's other contents (the scheduler
+# would start the runs of deployments scheduled in the user's PREFECT_HOME).
+TEMPORARY_SERVER_SETTINGS = {
+    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "[]",
+    "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_ENABLED": "false",
+    "PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED": "false",
+}
 
 
-def _spawn_temporary_server(port: int, settings: dict[str, str]) -> tuple[subprocess.Popen, int]:
-    """Prefect's temporary API server on ``127.0.0.1:port`` (the command and environment of
-    ``SubprocessASGIServer``), in its own process group, tied to this process."""
-    env = {
-        **os.environ,
-        "PREFECT_UI_ENABLED": "0",
-        "PREFECT__SERVER_EPHEMERAL": "1",
-        "PREFECT__SERVER_FINAL": "1",
-        **settings,
-    }
+def start_temporary_prefect_server() -> Server:
+    """``prefect server start`` on a free loopback port for this process's flows: in its own
+    process group, tied to this process (``tie``, ``die_with_parent``), its output in a scratch
+    folder removed by ``stop``. Its database is the one Prefect's own temporary server would
+    use (``PREFECT_HOME``'s, or ``PREFECT_SERVER_DATABASE_CONNECTION_URL``), so the runs stay
+    visible to a later ``prefect server start``. Not waited for: see ``wait_healthy``."""
+    host, port = "127.0.0.1", free_port()
+    env = {**os.environ, **TEMPORARY_SERVER_SETTINGS}
     env.pop("PREFECT_API_URL", None)
+    scratch = Path(tempfile.mkdtemp(prefix="mlcore-prefect-server-"))
     cmd = [
-        sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect_path()).parent),
-        "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-        "--port", str(port), "--log-level", "error", "--lifespan", "on",
+        sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port),
+        "--no-ui", "--analytics-off", "--no-scheduler", "--no-late-runs", "--log-level", "WARNING",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=die_with_parent(),
-    )  # fmt: skip
-    return proc, tie(proc)
+    log = scratch / "prefect-server.log"
+    proc = _spawn("prefect", cmd, env, log)
+    url = f"http://{host}:{port}/api"
+    return Server("temporary Prefect server", url, f"{url}/health", proc, log, env, tie(proc),
+                  scratch=scratch)  # fmt: skip
 
 
-@functools.cache
-def _owned_server_class():
-    from prefect.server.api.server import SubprocessASGIServer
+def own_prefect_server() -> Server | None:
+    """Start the Prefect API server this process's flows report to, one that dies with it, and
+    point this process at it (``PREFECT_API_URL``); returns it, not yet answering (call its
+    ``wait_healthy`` before the first flow), or None when Prefect's settings already name an
+    API (``PREFECT_API_URL`` in the environment, a profile, a ``prefect.toml``).
 
-    class OwnedPrefectServer(SubprocessASGIServer):
-        _early: subprocess.Popen | None = None
-        _tie: int | None = None
+    Without an API URL, Prefect 3 would start a temporary server itself the first time a flow
+    needs one, as an ordinary child stopped only by an ``atexit`` hook: it outlives a parent
+    killed with SIGKILL (or SIGTERM, which skips ``atexit``). This one is stopped at exit and,
+    in any case, by its watchdog (``tie``).
 
-        def adopt(self, port: int, process: subprocess.Popen, tied: int) -> None:
-            """Use a server process already started on ``port`` (``own_prefect_server``):
-            Prefect's ``start`` then only waits for its health answer. Stopped at exit even
-            if no flow ever needed it."""
-            self.port, self._early, self._tie = port, process, tied
-            self.server_process = process
-            atexit.register(self.stop)
+    Called before Prefect is imported (the ``mlcore`` command line), the server comes up while
+    this process imports Prefect (to read its settings) and then MLflow (``cli.preflight``);
+    when the settings turn out to name an API, it is stopped unused."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    imported = "prefect" in sys.modules
+    if imported and _configured_api_url():
+        return None
+    server = start_temporary_prefect_server()
+    if not imported and _configured_api_url():
+        server.stop(5.0)
+        return None
+    os.environ["PREFECT_API_URL"] = server.url
+    # Prefect read its settings when it was imported (above): read them again. This is the
+    # function Prefect itself calls after its plugins have changed the environment.
+    from prefect.context import refresh_global_settings_context
 
-        def find_available_port(self) -> int:
-            return free_port()
-
-        def _run_uvicorn_command(self) -> subprocess.Popen:
-            if self._early is not None and self._early.poll() is None:
-                process, self._early = self._early, None
-                return process
-            from prefect.settings import get_current_settings
-
-            untie(self._tie)  # a retry on another port, or the early server exited
-            settings = get_current_settings().to_environment_variables(exclude_unset=True)
-            process, self._tie = _spawn_temporary_server(self.port, settings)
-            return process
-
-        def stop(self) -> None:
-            process = self.server_process
-            super().stop()
-            if process is not None:
-                stop_group(process, 5.0)
-            untie(self._tie)
-            self._tie = None
-
-    return OwnedPrefectServer
+    refresh_global_settings_context()
+    atexit.register(server.stop, 5.0)
+    return server
 
 
-def prefect_path() -> str:
-    """Prefect's package folder, found without importing Prefect (seconds of imports)."""
-    import importlib.util
+def _configured_api_url() -> str | None:
+    from prefect.settings import get_current_settings
 
-    return str(importlib.util.find_spec("prefect").submodule_search_locations[0])
+    return get_current_settings().api.url

@@ -63,8 +63,8 @@ def _lost(exc: BaseException) -> bool:
     from concurrent.futures import CancelledError
 
     try:
-        from distributed.comm.core import CommClosedError
-        from distributed.scheduler import KilledWorker
+        from distributed import KilledWorker
+        from distributed.comm import CommClosedError
     except ImportError:  # pragma: no cover - distributed is a dependency
         return isinstance(exc, CancelledError)
     return isinstance(exc, KilledWorker | CommClosedError | CancelledError)
@@ -352,10 +352,16 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
 def _tell(study: optuna.Study, trial, value: float | None, state) -> None:
     try:
         study.tell(trial, value, state=state)
-    except RuntimeError as exc:
-        # GridSampler calls Study.stop once its grid is done, which raises outside optimize();
-        # the trial is already recorded by then
-        if "Study.stop" not in str(exc):
+    except RuntimeError:
+        # GridSampler calls Study.stop once the last point of its grid is told, which raises
+        # outside optimize(); the trial is recorded by then. Any other error re-raises.
+        sampler = study.sampler
+        recorded = study.get_trials(deepcopy=False)[trial.number].state
+        if not (
+            isinstance(sampler, optuna.samplers.GridSampler)
+            and sampler.is_exhausted(study)
+            and recorded == state
+        ):
             raise
 
 

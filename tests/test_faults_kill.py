@@ -91,7 +91,7 @@ def test_sigterm_ends_the_run_killed_and_stops_what_the_cli_started(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cli, run_id, started = _start_training(tmp_path, store)
     # the temporary Prefect API server is a process of the CLI's tree
-    assert any("prefect.server.api.server:create_app" in c for c in _cmdlines(started))
+    assert any("-m prefect server start" in c for c in _cmdlines(started))
     cli.send_signal(signal.SIGTERM)
     assert cli.wait(120) == 128 + signal.SIGTERM
     err = (tmp_path / "cli.err").read_text()
@@ -156,7 +156,7 @@ def test_a_run_its_flow_could_not_end_is_ended_by_the_command(
 def test_sigkill_leaves_no_process_and_the_next_command_reaps_the_run(tmp_path, monkeypatch):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cli, run_id, started = _start_training(tmp_path, store)
-    assert any("prefect.server.api.server:create_app" in c for c in _cmdlines(started))
+    assert any("-m prefect server start" in c for c in _cmdlines(started))
     cli.kill()
     cli.wait(30)
     left = _wait_gone(started)

@@ -108,16 +108,20 @@ def _catch_signals():
 def preflight(flows: bool = False):
     """Before a command's work: one short check of the MLflow tracking store (a few seconds,
     not MLflow's minutes of retries); with ``flows``, the temporary Prefect server the
-    command may start is made to die with it (``flows.stack.own_prefect_server``)."""
+    command's flows report to, one that dies with it (``flows.stack.own_prefect_server``),
+    started first and waited for last."""
 
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            server = None
             if flows:  # first: the server starts while the rest is imported
                 from flows.stack import own_prefect_server
 
-                own_prefect_server()
+                server = own_prefect_server()
             check_tracking_store()
+            if server is not None:
+                server.wait_healthy()
             return fn(*args, **kwargs)
 
         return wrapper
