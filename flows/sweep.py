@@ -33,6 +33,7 @@ from flows.space import (
     parse_space,
 )
 from tasks import tracking
+from tasks.errors import error_line
 from tasks.sweep import (
     make_sampler,
     record_sweep,
@@ -370,9 +371,8 @@ def _outcome(rec: dict, future) -> dict[str, Any]:
     try:
         out = future.result()
     except Exception as exc:  # noqa: BLE001 - a trial's failure is recorded, not fatal
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         state = "LOST" if _lost(exc) else "FAIL"
-        error = f"{type(exc).__name__}: {first}"
+        error = f"{type(exc).__name__}: {error_line(exc)}"
         if state == "LOST":
             _crash_task_run(future, error)
         return {**base, "state": state, "error": error, "metrics": {}}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pooch
 from prefect import task
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -189,7 +190,7 @@ def latest_checkpoint(run_id: str) -> tuple[Path, int] | None:
         return local[-1]
     for entry in reversed(logged):
         name = directory / Path(entry["artifact"]).name
-        if name.is_file() and hashlib.sha256(name.read_bytes()).hexdigest() == entry["sha256"]:
+        if name.is_file() and pooch.file_hash(str(name)) == entry["sha256"]:
             return name, entry["epoch"]
         directory.mkdir(parents=True, exist_ok=True)
         try:

@@ -11,6 +11,8 @@ import re
 from importlib import metadata
 from pathlib import Path
 
+import pooch
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 FREEZE_ARTIFACT = "environment/pip-freeze.txt"
 
@@ -72,7 +74,7 @@ def lock_record(project_dir: Path, installer: str | None, freeze: str) -> tuple[
     directory that has one, else of the sorted freeze (a plain pip install)."""
     lock = project_dir / "uv.lock"
     if installer == "uv" and lock.is_file():
-        return "uv.lock", hashlib.sha256(lock.read_bytes()).hexdigest()
+        return "uv.lock", pooch.file_hash(str(lock))
     return "pip freeze", hashlib.sha256(freeze.encode()).hexdigest()
 
 

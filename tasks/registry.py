@@ -22,6 +22,7 @@ import numpy as np
 from prefect import task
 
 from tasks import tracking
+from tasks.errors import error_line
 from tasks.tracking import PYFUNC_DIR
 
 CHAMPION = "champion"
@@ -175,8 +176,8 @@ def promotion_lock(tracking_uri: str) -> Iterator[None]:
 def lock_path(tracking_uri: str) -> Path | None:
     parts = urlsplit(tracking_uri)
     if parts.scheme == "sqlite":
-        db = tracking_uri.split(":///", 1)[-1] if ":///" in tracking_uri else ""
-        if not db or db == ":memory:":
+        db = tracking.sqlite_path(tracking_uri)
+        if db is None:
             return None  # a private in-memory store: nothing to share
         return Path(db).with_name(Path(db).name + ".registry.lock")
     if parts.scheme in ("", "file"):
@@ -239,9 +240,7 @@ def load_model(model_uri: str, trust: bool = False):
 
         return mlflow.pyfunc.load_model(local)
     except (mlflow.exceptions.MlflowException, OSError) as exc:
-        msg = exc.message if isinstance(exc, mlflow.exceptions.MlflowException) else str(exc)
-        first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
-        raise ValueError(f"cannot load model {model_uri!r}: {first}") from None
+        raise ValueError(f"cannot load model {model_uri!r}: {error_line(exc)}") from None
 
 
 def check_mlcore_model(local: str | Path, model_uri: str) -> str:
@@ -360,7 +359,7 @@ def read_features(path: str | Path) -> np.ndarray:
         return np.loadtxt(path, delimiter=",", skiprows=int(header), ndmin=2, dtype=np.float64)
     except ValueError as exc:
         where = f"{path} (rows counted after the header)" if header else str(path)
-        raise ValueError(f"{where}: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"{where}: {error_line(exc)}") from None
 
 
 def _is_float(text: str) -> bool:

@@ -43,15 +43,15 @@ def friendly_errors(fn):
                 end_own_runs(owned, reason or error_line(exc), status)
             if isinstance(exc, _user_errors()):
                 import httpx
-                from mlflow.exceptions import MlflowException
 
-                msg = exc.message if isinstance(exc, MlflowException) else str(exc)
+                from tasks.errors import error_line
+
+                line = error_line(exc)
                 if isinstance(exc, httpx.TransportError | ConnectionRefusedError):
                     from prefect.settings import PREFECT_API_URL
 
                     if PREFECT_API_URL.value():
-                        msg = f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {msg}"
-                line = msg.splitlines()[0] if msg else type(exc).__name__
+                        line = f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {line}"
                 err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
                 raise typer.Exit(1) from None
             if reason is None:

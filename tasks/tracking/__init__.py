@@ -17,6 +17,7 @@ Importing it changes nothing process-wide (no matplotlib backend, no environment
 
 from mlflow.entities import RunStatus
 
+from tasks.errors import error_line
 from tasks.tracking.checkpoints import (
     CHECKPOINT_DIR,
     CHECKPOINT_TAG,
@@ -64,7 +65,6 @@ from tasks.tracking.runs import (
     child_runs,
     end_orphaned_children,
     end_run,
-    error_line,
     parent_run,
     reopened_run,
 )
@@ -72,6 +72,7 @@ from tasks.tracking.spool import UNSENT_DIR, TrackingUnavailable
 from tasks.tracking.store import (
     client,
     experiment_id,
+    sqlite_path,
     tracking_store_error,
     tracking_uri,
     use_tracking_uri,
@@ -95,6 +96,7 @@ __all__ = [
     "child_run",
     "child_runs",
     "client",
+    "sqlite_path",
     "download_checkpoint",
     "end_orphaned_children",
     "end_own_runs",

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
+import pooch
 
 from tasks.tracking import spool
 from tasks.tracking.store import client
@@ -44,7 +44,7 @@ def log_checkpoint(run_id: str, path: str | Path, epoch: int, keep: int = 2) -> 
     With the tracking store gone, the file is kept in ``./mlcore-unsent/<run id>/artifacts/
     checkpoints/`` (the last ``keep`` of them, listed in that folder's ``tags.json``)."""
     path = Path(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = pooch.file_hash(str(path))
     entry = {"epoch": int(epoch), "artifact": f"{CHECKPOINT_DIR}/{path.name}", "sha256": digest}
 
     def send():
@@ -85,7 +85,7 @@ def download_checkpoint(run_id: str, entry: Mapping, directory: str | Path) -> P
     """Download a checkpoint listed by logged_checkpoints into ``directory`` and check its
     sha256 (a mismatch is a ValueError and leaves no file)."""
     local = Path(client().download_artifacts(run_id, entry["artifact"], str(directory)))
-    if hashlib.sha256(local.read_bytes()).hexdigest() != entry["sha256"]:
+    if pooch.file_hash(str(local)) != entry["sha256"]:
         local.unlink()
         raise ValueError(
             f"checkpoint {entry['artifact']} of run {run_id} does not match its sha256"

@@ -3,7 +3,6 @@ arrays travel with the model, its requirements are pinned, and nothing is pickle
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pooch
 
 from tasks.tracking import spool
 
@@ -103,7 +103,7 @@ def model_requirements(extra_pip: tuple[str, ...] = ()) -> list[str]:
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return pooch.file_hash(str(path))
 
 
 def _mlcore_version() -> str:

@@ -17,6 +17,7 @@ import mlflow
 from mlflow.entities import RunStatus
 
 from tasks import environment
+from tasks.errors import error_line
 from tasks.killed import OWNED, kill_reason
 from tasks.tracking import spool
 from tasks.tracking.logging import log_params, log_text, set_tags
@@ -105,13 +106,6 @@ def _end_child(run_id: str, status: int) -> None:
             raise
 
 
-def error_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name if it has none)."""
-    msg = getattr(exc, "message", None)  # MlflowException's message (no error-code prefix)
-    msg = msg if isinstance(msg, str) and msg else str(exc)
-    return msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
-
-
 def end_run(run_id: str, exc: BaseException | None = None) -> None:
     """End a flow's run: FINISHED, KILLED (a signal, with its reason in ``mlcore.error``) or
     FAILED. If the tracking store went away during the flow, raise ``TrackingUnavailable``
@@ -144,7 +138,7 @@ def end_run(run_id: str, exc: BaseException | None = None) -> None:
                     raise
                 raise spool.TrackingUnavailable(
                     f"the MLflow tracking store {mlflow.get_tracking_uri()} went away: run "
-                    f"{run_id} could not be ended FINISHED ({spool.first_line(err)})"
+                    f"{run_id} could not be ended FINISHED ({error_line(err)})"
                 ) from err
     if unsent is not None and reason is None:
         if exc is None:

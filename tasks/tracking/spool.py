@@ -16,6 +16,7 @@ from typing import Any
 
 import mlflow
 
+from tasks.errors import error_line
 from tasks.tracking.store import tracking_store_error
 
 UNSENT_DIR = "mlcore-unsent"
@@ -58,11 +59,7 @@ def mark_unsent(run_id: str, exc: BaseException) -> None:
     flow = root(run_id)
     with _LOCK:
         _SPOOLED.add(flow)
-        _SPOOL_ERRORS.setdefault(flow, first_line(exc))
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
+        _SPOOL_ERRORS.setdefault(flow, error_line(exc))
 
 
 def unsent_error(run_id: str) -> TrackingUnavailable | None:

@@ -27,13 +27,25 @@ def experiment_id(name: str) -> str:
         return client().get_experiment_by_name(name).experiment_id
 
 
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The database file of a ``sqlite:///`` URI as written (relative or absolute), or None
+    for another kind of store or an in-memory database."""
+    if not uri.startswith(SQLITE):
+        return None
+    path = uri[len(SQLITE) :]
+    return None if path in ("", ":memory:") else path
+
+
 def tracking_uri() -> str:
     """The tracking URI with a relative ``sqlite:///`` path made absolute, so a process with
     another working directory (a Dask worker) writes to the same store."""
     uri = mlflow.get_tracking_uri()
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    path = sqlite_path(uri)
+    if path is not None and not path.startswith("/"):
+        return SQLITE + str(Path(path).resolve())
     return uri
 
 
@@ -61,8 +73,8 @@ def tracking_store_error(uri: str | None = None, timeout: float = 3.0) -> str | 
             return str(getattr(exc, "reason", exc))
     if scheme in ("sqlite", "file", ""):
         if scheme == "sqlite":
-            path = uri.split(":///", 1)[1] if ":///" in uri else ""
-            if path in ("", ":memory:"):
+            path = sqlite_path(uri)
+            if path is None:
                 return None
         else:
             path = parsed.path if scheme == "file" else uri
