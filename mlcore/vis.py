@@ -8,6 +8,7 @@ from math import ceil, sqrt
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import AutoLocator
 from sklearn.metrics import PredictionErrorDisplay
 
 
@@ -117,6 +118,10 @@ def plot_predicted_vs_true(y_true, y_pred, title="Predicted vs true"):
         scatter_kwargs=_SCATTER,
         line_kwargs={"label": "y = x"},
     )
+    # the display puts five ticks at the ends and quarters of the data range (-5.05, 8.71, ...);
+    # matplotlib's default locator gives round values
+    ax.xaxis.set_major_locator(AutoLocator())
+    ax.yaxis.set_major_locator(AutoLocator())
     ax.legend(loc="upper left")
     return fig
 

@@ -86,6 +86,14 @@ def test_predicted_vs_true_draws_sklearn_prediction_error_display():
     assert ax.get_aspect() == 1.0
 
 
+def test_predicted_vs_true_ticks_are_round_numbers():
+    """The display would put five ticks at the quarters of the data range (5, 16.25, ...)."""
+    ax = plot_predicted_vs_true([5.0, 20.0, 50.0], [7.0, 23.0, 41.0]).axes[0]
+    for ticks in (ax.get_xticks(), ax.get_yticks()):
+        assert len(ticks) >= 4
+        np.testing.assert_array_equal(ticks % 10, 0)
+
+
 def test_residuals_draws_sklearn_prediction_error_display():
     y_true = np.array([[1.0], [2.0], [3.0]])
     y_pred = np.array([1.5, 1.5, 3.5])
@@ -140,11 +148,15 @@ def _draw_both_plots():
 def test_regression_plots_change_nothing_process_wide():
     """The backend chosen here (the suite's MPLBACKEND) and every rcParam stay as they were,
     and pyplot (which scikit-learn's display imports) tracks no figure of ours."""
-    backend, before = matplotlib.get_backend(auto_select=False), _rc_params()
+    backend, before, figures = (
+        matplotlib.get_backend(auto_select=False),
+        _rc_params(),
+        plt.get_fignums(),
+    )
     _draw_both_plots()
     assert matplotlib.get_backend(auto_select=False) == backend
     assert {k: v for k, v in _rc_params().items() if before[k] != v} == {}
-    assert plt.get_fignums() == []
+    assert plt.get_fignums() == figures
 
 
 # A fresh interpreter, nothing drawn before and no MPLBACKEND: the backend is still unresolved
