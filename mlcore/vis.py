@@ -8,6 +8,8 @@ from math import ceil, sqrt
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import AutoLocator
+from sklearn.metrics import PredictionErrorDisplay
 
 
 def visualize_grid(Xs, ubound=255.0, padding=1):
@@ -90,29 +92,53 @@ def _two_vectors(fn, y_true, y_pred):
         raise ValueError(
             f"{fn}: y_true and y_pred have {y_true.size} and {y_pred.size} values; they must match"
         )
+    if y_true.size == 0:
+        raise ValueError(f"{fn}: y_true and y_pred are empty; there is nothing to plot")
     return y_true, y_pred
 
 
+# scikit-learn draws these two plots (PredictionErrorDisplay). subsample=None: every point is
+# shown (its default draws 1000 with replacement); smaller, lighter markers than its defaults
+# keep a few hundred housing points apart.
+_SCATTER = {"s": 10, "alpha": 0.7}
+
+
 def plot_predicted_vs_true(y_true, y_pred, title="Predicted vs true"):
-    """Scatter of predictions against targets with the y = x line."""
+    """Scatter of the actual values (y axis) against the predictions (x axis) with the y = x
+    line, equal scales on both axes (scikit-learn's ``PredictionErrorDisplay``,
+    kind="actual_vs_predicted")."""
     y_true, y_pred = _two_vectors("plot_predicted_vs_true", y_true, y_pred)
     fig, ax = _single_axes((5, 5), title)
-    ax.scatter(y_true, y_pred, s=10, alpha=0.7)
-    both = np.concatenate([y_true, y_pred])
-    lo, hi = (both.min(), both.max()) if both.size else (0.0, 1.0)
-    ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="y = x")
-    ax.set(xlabel="True", ylabel="Predicted")
+    PredictionErrorDisplay.from_predictions(
+        y_true,
+        y_pred,
+        kind="actual_vs_predicted",
+        subsample=None,
+        ax=ax,
+        scatter_kwargs=_SCATTER,
+        line_kwargs={"label": "y = x"},
+    )
+    # the display puts five ticks at the ends and quarters of the data range (-5.05, 8.71, ...);
+    # matplotlib's default locator gives round values
+    ax.xaxis.set_major_locator(AutoLocator())
+    ax.yaxis.set_major_locator(AutoLocator())
     ax.legend(loc="upper left")
     return fig
 
 
 def plot_residuals(y_true, y_pred, title="Residuals"):
-    """Residuals (true - predicted) against the predictions, with the zero line."""
+    """Residuals (actual - predicted) against the predictions, with the zero line
+    (scikit-learn's ``PredictionErrorDisplay``, kind="residual_vs_predicted")."""
     y_true, y_pred = _two_vectors("plot_residuals", y_true, y_pred)
     fig, ax = _single_axes((6, 4), title)
-    ax.scatter(y_pred, y_true - y_pred, s=10, alpha=0.7)
-    ax.axhline(0.0, color="k", linestyle="--", linewidth=1)
-    ax.set(xlabel="Predicted", ylabel="Residual (true - predicted)")
+    PredictionErrorDisplay.from_predictions(
+        y_true,
+        y_pred,
+        kind="residual_vs_predicted",
+        subsample=None,
+        ax=ax,
+        scatter_kwargs=_SCATTER,
+    )
     return fig
 
 

@@ -1,5 +1,14 @@
 """visualize_grid values and shapes; plot helpers return Figures with the expected axes."""
 
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -60,18 +69,126 @@ def test_plot_filter_grid(channels):
     np.testing.assert_allclose(np.asarray(image).reshape(expected.shape), expected)
 
 
-def test_regression_plots():
+def test_predicted_vs_true_draws_sklearn_prediction_error_display():
     y_true = np.array([[1.0], [2.0], [3.0]])
     y_pred = np.array([1.5, 1.5, 3.5])
     fig = plot_predicted_vs_true(y_true, y_pred, title="test set")
     assert isinstance(fig, Figure) and len(fig.axes) == 1
-    assert fig.axes[0].get_title() == "test set"
+    ax = fig.axes[0]
+    assert ax.get_title() == "test set"
+    # kind="actual_vs_predicted": the predictions on x, the actual values on y
+    (scatter,) = ax.collections
+    np.testing.assert_array_equal(scatter.get_offsets(), [[1.5, 1.0], [1.5, 2.0], [3.5, 3.0]])
+    (line,) = ax.lines  # y = x over the range of both
+    np.testing.assert_array_equal(line.get_xydata(), [[1.0, 1.0], [3.5, 3.5]])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["y = x"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("Predicted values", "Actual values")
+    assert ax.get_aspect() == 1.0
+
+
+def test_predicted_vs_true_ticks_are_round_numbers():
+    """The display would put five ticks at the quarters of the data range (5, 16.25, ...)."""
+    ax = plot_predicted_vs_true([5.0, 20.0, 50.0], [7.0, 23.0, 41.0]).axes[0]
+    for ticks in (ax.get_xticks(), ax.get_yticks()):
+        assert len(ticks) >= 4
+        np.testing.assert_array_equal(ticks % 10, 0)
+
+
+def test_residuals_draws_sklearn_prediction_error_display():
+    y_true = np.array([[1.0], [2.0], [3.0]])
+    y_pred = np.array([1.5, 1.5, 3.5])
     fig = plot_residuals(y_true, y_pred, title="res")
-    assert len(fig.axes) == 1
-    offsets = fig.axes[0].collections[0].get_offsets()
-    np.testing.assert_allclose(offsets, [[1.5, -0.5], [1.5, 0.5], [3.5, -0.5]])
-    with pytest.raises(ValueError, match="3 and 2 values"):
-        plot_residuals(y_true, y_pred[:2])
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert ax.get_title() == "res"
+    (scatter,) = ax.collections
+    np.testing.assert_array_equal(scatter.get_offsets(), [[1.5, -0.5], [1.5, 0.5], [3.5, -0.5]])
+    (line,) = ax.lines  # the zero line across the predictions
+    np.testing.assert_array_equal(line.get_xydata(), [[1.5, 0.0], [3.5, 0.0]])
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (
+        "Predicted values",
+        "Residuals (actual - predicted)",
+    )
+
+
+@pytest.mark.parametrize("plot", [plot_predicted_vs_true, plot_residuals])
+def test_regression_plots_show_every_point_in_order(plot):
+    """PredictionErrorDisplay draws 1000 points drawn with replacement by default; mlcore's
+    plots show all of them, as given."""
+    rng = np.random.default_rng(0)
+    y_true = rng.standard_normal(1500)
+    y_pred = y_true + 0.1 * rng.standard_normal(1500)
+    offsets = plot(y_true, y_pred).axes[0].collections[0].get_offsets()
+    expected = (
+        np.column_stack([y_pred, y_true])
+        if plot is plot_predicted_vs_true
+        else np.column_stack([y_pred, y_true - y_pred])
+    )
+    np.testing.assert_array_equal(offsets, expected)
+
+
+@pytest.mark.parametrize("plot", [plot_predicted_vs_true, plot_residuals])
+def test_regression_plots_reject_mismatched_or_empty_input(plot):
+    with pytest.raises(ValueError, match=f"{plot.__name__}: y_true and y_pred have 3 and 2 values"):
+        plot([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match=f"{plot.__name__}: y_true and y_pred are empty"):
+        plot([], [])
+
+
+def _rc_params():
+    # reading rcParams["backend"] would resolve a backend not chosen yet: get_backend reads it
+    return {k: repr(matplotlib.rcParams[k]) for k in matplotlib.rcParams.keys() if k != "backend"}
+
+
+def _draw_both_plots():
+    for plot in (plot_predicted_vs_true, plot_residuals):
+        plot([1.0, 2.0, 3.0], [1.5, 1.5, 3.5], title="t").savefig(io.BytesIO(), format="png")
+
+
+def test_regression_plots_change_nothing_process_wide():
+    """The backend chosen here (the suite's MPLBACKEND) and every rcParam stay as they were,
+    and pyplot (which scikit-learn's display imports) tracks no figure of ours."""
+    backend, before, figures = (
+        matplotlib.get_backend(auto_select=False),
+        _rc_params(),
+        plt.get_fignums(),
+    )
+    _draw_both_plots()
+    assert matplotlib.get_backend(auto_select=False) == backend
+    assert {k: v for k, v in _rc_params().items() if before[k] != v} == {}
+    assert plt.get_fignums() == figures
+
+
+# A fresh interpreter, nothing drawn before and no MPLBACKEND: the backend is still unresolved
+# after both plots are drawn and saved (resolving it could pick an interactive one).
+FRESH_PROCESS = """
+import json, sys
+import matplotlib
+from tests.nn.test_vis import _draw_both_plots, _rc_params
+
+backend, before = matplotlib.get_backend(auto_select=False), _rc_params()
+_draw_both_plots()
+print(json.dumps({
+    "backend": [backend, matplotlib.get_backend(auto_select=False)],
+    "changed": sorted(k for k, v in _rc_params().items() if before[k] != v),
+    "pyplot_figures": sys.modules["matplotlib.pyplot"].get_fignums(),
+}))
+"""
+
+
+def test_regression_plots_leave_an_unchosen_backend_unchosen():
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS],
+        env=env,
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result == {"backend": [None, None], "changed": [], "pyplot_figures": []}
 
 
 def test_plot_loss_curve():
