@@ -197,7 +197,7 @@ HOUSING = Experiment(
             "Model kinds to fit.",
             choices=HOUSING_MODELS,
             alias="model",
-        ),  # fmt: skip
+        ),
         Param(
             "alphas",
             list[float],
@@ -205,7 +205,7 @@ HOUSING = Experiment(
             "Ridge alphas.",
             minimum=0,
             alias="alpha",
-        ),  # fmt: skip
+        ),
         Param(
             "sgd_lrs",
             list[float],
@@ -215,7 +215,7 @@ HOUSING = Experiment(
             exclusive=True,
             alias="lr",
             option="--sgd-lr",
-        ),  # fmt: skip
+        ),
         Param(
             "sgd_epochs",
             list[int],
@@ -223,7 +223,7 @@ HOUSING = Experiment(
             "SGD epoch counts to tune over.",
             minimum=1,
             alias="epochs",
-        ),  # fmt: skip
+        ),
         Param("sgd_batch_size", int, 32, "SGD mini-batch size.", minimum=1, alias="batch_size"),
         Param("seed", int, 1234, "Seed of SGD's shuffling."),
         Param(
@@ -235,7 +235,7 @@ HOUSING = Experiment(
             maximum=1,
             exclusive=True,
             data=True,
-        ),  # fmt: skip
+        ),
         Param("split_random_state", int, 42, "Seed of the train/test split.", data=True),
         Param(
             "val_split",
@@ -246,7 +246,7 @@ HOUSING = Experiment(
             maximum=1,
             exclusive=True,
             data=True,
-        ),  # fmt: skip
+        ),
         Param(
             "standardize",
             bool,
@@ -255,7 +255,7 @@ HOUSING = Experiment(
             "(false: fit on the features as downloaded, which reproduces the course's "
             "printed ridge errors).",
             data=True,
-        ),  # fmt: skip
+        ),
     ],
     metrics={
         "best_val_mae": False,
@@ -271,7 +271,7 @@ HOUSING = Experiment(
         "best_val_mse",
         "best_test_mse",
         "best_test_r2",
-    ),  # fmt: skip
+    ),
     model_name=lambda p: "housing-regressor",
     data_key=_housing_key,
     baseline="train-mean",
@@ -299,7 +299,7 @@ CONVNET = Experiment(
             "digits (offline) or cifar10.",
             choices=("digits", "cifar10"),
             data=True,
-        ),  # fmt: skip
+        ),
         Param("epochs", int, 10, "Training epochs.", minimum=1),
         # lr 1e-2 with batch 25 for the 1,197 8x8 digits: chosen on a grid (lr 3e-3/1e-2/2e-2
         # x batch 25/50, adam, 3 epochs, seeds 0-2), val 0.96-0.97 after 3 epochs; cifar10:
@@ -311,8 +311,8 @@ CONVNET = Experiment(
             "Mini-batch size.",
             per_dataset=_BATCH,
             minimum=1,
-        ),  # fmt: skip
-        Param("lr", float | None, None, "Learning rate.", per_dataset=_LR, minimum=0),  # fmt: skip
+        ),
+        Param("lr", float | None, None, "Learning rate.", per_dataset=_LR, minimum=0),
         Param(
             "update_rule",
             str,
@@ -329,7 +329,7 @@ CONVNET = Experiment(
             "Hidden layer size.",
             per_dataset=_HIDDEN,
             minimum=1,
-        ),  # fmt: skip
+        ),
         Param(
             "num_filters",
             int | None,
@@ -337,7 +337,7 @@ CONVNET = Experiment(
             "Convolution filters.",
             per_dataset=_FILTERS,
             minimum=1,
-        ),  # fmt: skip
+        ),
         Param(
             "filter_size",
             int | None,
@@ -345,7 +345,7 @@ CONVNET = Experiment(
             "Filter width.",
             per_dataset=_FILTER_SIZE,
             minimum=1,
-        ),  # fmt: skip
+        ),
         Param(
             "weight_scale",
             float | None,
@@ -353,10 +353,10 @@ CONVNET = Experiment(
             "Initial weight scale.",
             per_dataset=_SCALE,
             minimum=0,
-        ),  # fmt: skip
+        ),
         Param(
             "num_train", int | None, None, "Use the first N training rows.", minimum=1, data=True
-        ),  # fmt: skip
+        ),
         Param("seed", int, 0, "Seed of initialisation and minibatches."),
     ],
     metrics={"best_val_acc": True, "final_train_acc": True},
@@ -384,7 +384,7 @@ GRADCHECK = Experiment(
             None,
             "Checks to run (default: all).",
             choices="mlcore.nn.checks:GRADIENT_CHECKS",
-        ),  # fmt: skip
+        ),
         Param("seed", int, 231, "Seed of the random inputs (the course's 231)."),
     ],
 )
