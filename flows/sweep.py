@@ -77,7 +77,9 @@ def task_runner(runner: str, workers: int | None, dask_address: str | None):
     if runner not in RUNNERS:
         raise ValueError(f"--runner: {runner!r} is not one of {', '.join(RUNNERS)}")
     if dask_address and runner != "dask":
-        raise ValueError("--dask-address needs --runner dask")
+        raise ValueError(
+            f"--dask-address runs the trials on that Dask cluster: drop --runner {runner}"
+        )
     if runner == "sequential":
         if workers not in (None, 1):
             raise ValueError(
@@ -156,13 +158,15 @@ def run_sweep(
     seed: int = 0,
     metric: str | None = None,
     set_: list[str] | None = None,
-    runner: str = "sequential",
+    runner: str | None = None,
     workers: int | None = None,
     dask_address: str | None = None,
     resume: str | None = None,
 ) -> dict[str, Any]:
     """Validate the command line's sweep (or read a past one's back for ``resume``) and run
     it as the ``hyperparameter_sweep`` flow on the runner's task runner."""
+    # a user who names a cluster means to use it
+    runner = runner or ("dask" if dask_address else "sequential")
     runner_obj, width = task_runner(runner, workers, dask_address)
     # the leaderboard says it all: Optuna's line per told trial is noise on the terminal
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -39,8 +39,16 @@ runner = CliRunner()
         (["housing", "--param", "alpha=1,2", "--metric", "test_mae"], r"'test_mae' is not a m"),
         (["housing", "--param", "alpha=1,2", "--runner", "ray"], r"--runner: 'ray' is not one"),
         (
-            ["housing", "--param", "alpha=1,2", "--dask-address", "tcp://127.0.0.1:1"],
-            r"--dask-address needs --runner dask",
+            [
+                "housing",
+                "--param",
+                "alpha=1,2",
+                "--dask-address",
+                "tcp://127.0.0.1:1",
+                "--runner",
+                "threads",
+            ],
+            r"--dask-address runs the trials on that Dask cluster: drop --runner threads$",
         ),  # fmt: skip
         (
             ["housing", "--param", "alpha=1,2", "--runner", "sequential", "--workers", "2"],

@@ -47,14 +47,19 @@ def sweep(
         list[str] | None,
         typer.Option("--set", help="Fix a parameter for every trial: NAME=VALUE (repeatable)."),
     ] = None,
-    runner: Annotated[str, typer.Option(help="sequential, threads or dask.")] = "sequential",
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            help="sequential, threads or dask (default: dask with --dask-address, else sequential)."
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(min=1, help="Threads or LocalCluster worker processes (default: the cores)."),
     ] = None,
     dask_address: Annotated[
         str | None,
-        typer.Option(help="Run on the existing Dask cluster at tcp://HOST:PORT (--runner dask)."),
+        typer.Option(help="Run the trials on the existing Dask cluster at tcp://HOST:PORT."),
     ] = None,
     resume: Annotated[
         str | None,
