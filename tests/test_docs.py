@@ -111,9 +111,9 @@ def test_readme_names_the_test_command():
 @pytest.mark.parametrize("experiment", ["housing", "convnet", "gradcheck", "pipeline"])
 def test_parameter_tables_are_marked(experiment):
     """docs/experiments.md holds each experiment's parameter table between the exact marker
-    lines the table generator replaces, once each, in order."""
+    lines the table generator (flows.experiments.render_docs) replaces, once each."""
     lines = (REPO / "docs" / "experiments.md").read_text(encoding="utf-8").splitlines()
     start, end = f"<!-- parameters:{experiment} -->", f"<!-- /parameters:{experiment} -->"
     assert lines.count(start) == 1 and lines.count(end) == 1
     body = lines[lines.index(start) + 1 : lines.index(end)]
-    assert body and body[0].startswith("| name | type | default | help |"), body[:1]
+    assert body and body[0].startswith("| parameter | `mlcore run` option | type |"), body[:1]
