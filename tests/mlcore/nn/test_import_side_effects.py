@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # Run in a fresh interpreter: first every third-party module that mlcore imports (their own
 # import-time effects are not mlcore's), then a snapshot, then every mlcore module.

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # In a fresh interpreter, before any flow is imported: the ConvNet's epochs default 10 -> 2.
 SCRIPT = r"""

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from tasks import tracking
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

@@ -21,7 +21,7 @@ import pytest
 from flows.deployments import declared_deployments
 from flows.stack import Server, free_port, local_stack
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 EXPECTED = {
     "housing_regression/nightly": "0 2 * * *",

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.sweep import connect, run_sweep, task_runner
 from tests.conftest import one_line_error
-from tests.test_sweep import trial_runs
+from tests.flows.test_sweep import trial_runs
 
 DASK = str(Path(sys.executable).parent / "dask")
 MLCORE = str(Path(sys.executable).parent / "mlcore")

@@ -24,7 +24,7 @@ from mlcore.nn.layers import (
     max_pool_forward_naive,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENGINES = ["extension", "numpy"]
 HYP = settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

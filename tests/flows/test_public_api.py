@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHECKED = sorted(p for d in ("flows", "tasks") for p in (REPO / d).rglob("*.py"))
 LIBRARIES = ("prefect", "prefect_dask", "mlflow", "dask", "distributed", "optuna")
 INTERNAL = ("prefect.server", "mlflow.server", "mlflow.store", "distributed.scheduler",

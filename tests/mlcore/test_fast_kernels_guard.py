@@ -23,7 +23,7 @@ import pytest
 from mlcore.nn import fast_layers as fl
 from mlcore.nn.layers import max_pool_backward_naive, max_pool_forward_naive
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MARGIN = 67  # guard elements before and after every array
 SENTINEL = np.int32(-(2**31) + 7)
 

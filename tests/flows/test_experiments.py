@@ -12,7 +12,7 @@ from flows.experiments import CONVNET, EXPERIMENTS, HOUSING, deployment_problems
 from flows.params import parse, parse_overrides
 from flows.space import flow_arguments, parse_fixed, parse_space
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_each_flow_takes_its_defaults_from_the_registry():

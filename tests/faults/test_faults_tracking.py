@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from flows.stack import free_port, start_mlflow_server
 from tasks import tracking
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("command", [["run", "housing"], ["runs", "housing"]])

@@ -11,7 +11,7 @@ from flows.cli import app
 from tests.conftest import one_line_error
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_malformed_list_is_one_line(mlflow_store):
