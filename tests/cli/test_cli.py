@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 from flows.cli import app
 from tests.conftest import one_line_error
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import mlflow
 import psutil
+import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks import tracking
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()

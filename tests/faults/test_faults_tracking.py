@@ -21,6 +21,8 @@ from mlflow import MlflowClient
 from flows.stack import free_port, start_mlflow_server
 from tasks import tracking
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -11,6 +11,8 @@ from mlcore.nn.checks import GradientCheckError
 from tasks.convnet import evaluate_convnet, gradient_gate, load_images, train_convnet
 from tasks.tracking import parent_run
 
+pytestmark = pytest.mark.slow
+
 SOLVER = {"update_rule": "adam", "optim_config": {"learning_rate": 1e-3}, "lr_decay": 1.0,
           "batch_size": 50, "num_epochs": 3, "num_train_samples": 1000}  # fmt: skip
 

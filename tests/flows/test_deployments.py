@@ -21,6 +21,8 @@ import pytest
 from flows.deployments import declared_deployments
 from flows.stack import Server, free_port, local_stack
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 EXPECTED = {

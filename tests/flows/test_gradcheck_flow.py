@@ -14,6 +14,8 @@ from mlcore.nn.checks import (
     run_check,
 )
 
+pytestmark = pytest.mark.slow
+
 
 def test_every_layer_of_the_course_is_checked():
     expected = {

@@ -10,6 +10,8 @@ from flows.housing import housing_regression
 from mlcore.linear import RidgeRegression
 from mlcore.preprocessing import Standardizer
 
+pytestmark = pytest.mark.slow
+
 METRICS = {"train_mae", "val_mae", "test_mae", "train_mse", "val_mse", "test_mse", "test_r2"}
 
 

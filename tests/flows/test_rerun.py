@@ -16,6 +16,8 @@ from flows.params import parse_overrides
 from tasks import environment, tracking
 from tests.conftest import one_line_error
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 ENV = {"COLUMNS": "300"}
 SMALL = {"alphas": [1e-4, 1.0], "sgd_lrs": [0.01], "sgd_epochs": [50]}

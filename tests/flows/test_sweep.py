@@ -18,6 +18,8 @@ from tasks.registry import housing_data_key
 from tasks.sweep import trial_seed
 from tests.conftest import one_line_error
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 
 

@@ -21,6 +21,8 @@ from flows.sweep import connect, run_sweep, task_runner
 from tests.conftest import one_line_error
 from tests.flows.test_sweep import trial_runs
 
+pytestmark = pytest.mark.slow
+
 DASK = str(Path(sys.executable).parent / "dask")
 MLCORE = str(Path(sys.executable).parent / "mlcore")
 GRID = ["hidden_dim=8,16", "lr=1e-3,1e-2"]

@@ -1,12 +1,15 @@
 """A sweep's trial is the experiment's own flow: re-created with ``mlcore run`` and the seed the
 trial logged, it gives the same bits."""
 
+import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.sweep import run_sweep
 from tasks.sweep import trial_seed
+
+pytestmark = pytest.mark.slow
 
 runner = CliRunner()
 

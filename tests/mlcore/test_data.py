@@ -51,6 +51,7 @@ def test_corrupted_cached_file_is_replaced(served, tmp_path):
     assert len(served.hits) == 1 and path.stat().st_size == HOUSING.size
 
 
+@pytest.mark.slow  # the session's Prefect server
 def test_unreachable_server_fails_clearly_after_the_retries(served, prefect_harness):
     served.status_for["housing_scale"] = 503
 
@@ -87,6 +88,7 @@ def _fetch_run(served):
     return state.name, state.is_completed(), state.result(), list(served.hits)
 
 
+@pytest.mark.slow  # the session's Prefect server
 def test_fetch_dataset_task_is_cached_on_name_and_sha(served, prefect_harness, tmp_path):
     """The second run is answered by Prefect's cache (state Cached), not by running the task
     again: mlcore's file cache would serve it without a request too, so only the state tells
@@ -113,6 +115,7 @@ def test_fetch_dataset_task_is_cached_on_name_and_sha(served, prefect_harness, t
     "as missing (a random key), so the result of the download is stored under a key no later "
     "run computes; the next run runs again and only the one after it is Cached",
 )
+@pytest.mark.slow  # the session's Prefect server
 def test_fetch_dataset_task_run_right_after_the_download_is_cached(served, prefect_harness):
     @flow
     def fetch_twice():
@@ -162,6 +165,7 @@ def test_load_split_and_standardize_tasks(data_env, shared_data):
     np.testing.assert_allclose(data["X_test"], (split["X_test"] - scaler.mean_) / scaler.scale_)
 
 
+@pytest.mark.slow  # the session's Prefect server
 @pytest.mark.parametrize("status", [404, 403])
 def test_permanent_http_errors_fail_at_once_and_are_not_retried(served, prefect_harness, status):
     served.status_for["housing_scale"] = status

@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 MARGIN = 67  # guard elements before and after every array
 SENTINEL = np.int32(-(2**31) + 7)
 
-pytestmark = pytest.mark.skipif(not fl.HAVE_EXTENSION, reason="mlcore.nn._fast is not built")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not fl.HAVE_EXTENSION, reason="mlcore.nn._fast is not built"),
+]
 
 CONV_CASES = [  # x shape, (HH, WW), stride, pad
     ((2, 3, 7, 9), (3, 2), 2, 1),

@@ -20,6 +20,8 @@ from mlcore.nn import ThreeLayerConvNet
 from mlcore.preprocessing import Standardizer
 from tasks import tracking
 
+pytestmark = pytest.mark.slow
+
 LOAD_AND_PREDICT = """
 import json, sys
 import numpy as np

@@ -23,6 +23,8 @@ from tasks.registry import (
     register_model,
 )
 
+pytestmark = pytest.mark.slow
+
 HOUSING_KEY = housing_data_key("housing_scale", 0.33, 42, 0.2)
 
 

@@ -31,6 +31,8 @@ from tasks.convnet import (
 )
 from tests.conftest import one_line_error
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 # small and quick: 4 iterations of a tiny net per epoch
 SMALL = ["--num-train", "200", "--batch-size", "50", "--hidden-dim", "16", "--num-filters", "4",

@@ -25,6 +25,8 @@ from tasks import tracking
 from tasks.registry import housing_data_key, register_model
 from tests.conftest import one_line_error
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 ENV = {"COLUMNS": "300"}
 VENV_BIN = Path(sys.executable).parent
