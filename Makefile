@@ -86,7 +86,7 @@ lint: $(TEST_STAMP)
 ## make bench BENCH_ARGS=--quick (smoke test), BENCH_ARGS=--memory (an epoch's peak memory),
 ## BENCH_ARGS="--threads 4 --rounds 25".
 BENCH_ARGS ?=
-# as in pyproject.toml's [bench] extra (tests/test_environment.py checks they agree)
+# as in pyproject.toml's [bench] extra (tests/tasks/test_environment.py checks they agree)
 BENCH_TORCH := torch==2.13.0
 bench: $(STAMP)
 	$(UV) sync --frozen --inexact --extra bench $(if $(wildcard $(TEST_STAMP)),--extra test)

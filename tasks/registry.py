@@ -323,7 +323,7 @@ def code_model_loader() -> str:
     value for a model from code (the module that holds it, ``mlflow.pyfunc.loaders``, is not
     part of the documented API). So rather than a string an MLflow upgrade could change, it is
     read from a reference model saved with the public ``mlflow.pyfunc.save_model`` and loaded
-    with ``mlflow.models.Model.load``; tests/test_registry.py checks that it is what mlcore's
+    with ``mlflow.models.Model.load``; tests/tasks/test_registry.py checks that it is what mlcore's
     logged models carry and that a pickled model's loader is another."""
     import tempfile
 

@@ -152,15 +152,8 @@ def prefect_harness():
 
 
 # make test runs the suite on two pytest-xdist workers that take one test at a time from the
-# front of the list (-n 2 --dist load --maxschedchunk 1). The tests that start servers, clusters
-# and CLI processes take a minute or more each: they go first, so that the two workers share
-# them and no long test starts last, alone.
-LONG_FIRST = (
-    "test_deployments.py", "test_sweep_dask.py", "test_faults_kill.py", "test_faults_tracking.py",
-    "test_fast_kernels_guard.py", "test_resume.py", "test_rerun.py", "test_registry.py",
-)  # fmt: skip
-
-
+# front of the list (-n 2 --dist load --maxschedchunk 1). The tests marked ``slow`` (they start
+# servers, clusters and CLI processes, or take a minute or more; `pytest -m "not slow"` leaves
+# them out) go first, so that the two workers share them and no long test starts last, alone.
 def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -20,9 +20,10 @@ _DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
 # A loss more than this many times its first value is a divergence. A classifier's first loss is
 # about log(C) (2.3 for ten classes) plus the regulariser; minibatch noise and adam's early
 # overshoot move it by a small factor (the highest loss of the course's overfitting cell on
-# digits is 1.07x the first; tests/nn/test_solver.py holds both ConvNet cells under 2x), while
-# a learning rate too large by orders of magnitude sends it to thousands or more within a step
-# or two (lr=1e4: 6e15 at the second iteration). 1e3 leaves a wide margin on both sides.
+# digits is 1.07x the first; tests/mlcore/nn/test_solver.py holds both ConvNet cells under
+# 2x), while a learning rate too large by orders of magnitude sends it to thousands or more
+# within a step or two (lr=1e4: 6e15 at the second iteration). 1e3 leaves a wide margin on both
+# sides.
 DEFAULT_DIVERGENCE_FACTOR = 1e3
 
 

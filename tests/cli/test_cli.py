@@ -1,0 +1,148 @@
+"""The ``mlcore`` command line: real flows, real MLflow store, one-line errors."""
+
+import re
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tests.conftest import one_line_error
+
+pytestmark = pytest.mark.slow
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_malformed_list_is_one_line(mlflow_store):
+    one_line_error(
+        runner.invoke(app, ["run", "housing", "--alphas", "1e-4,abc"]),
+        r"error: --alphas: 'abc' is not a valid float",
+    )
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--sgd-lr", "0.01,0"], r"error: --sgd-lr: 0.0 must be > 0"),
+        (["--alphas", "-1"], r"error: --alphas: -1.0 must be >= 0"),
+        (["--sgd-epochs", "0"], r"error: --sgd-epochs: 0 must be >= 1"),
+    ],
+)
+def test_out_of_range_values_are_one_line(mlflow_store, args, pattern):
+    one_line_error(runner.invoke(app, ["run", "housing", *args]), pattern)
+
+
+def test_unknown_experiment_is_one_line(mlflow_store):
+    one_line_error(runner.invoke(app, ["runs", "nope"]), r"error: no MLflow experiment 'nope'")
+
+
+def test_run_housing_then_compare_runs(prefect_harness, data_env, mlflow_store):
+    args = ["run", "housing", "--alphas", "1e-4,10", "--sgd-lr", "0.01", "--sgd-epochs", "30"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run_id = re.search(r"MLflow run id: (\w{32})", result.output).group(1)
+    run = MlflowClient().get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["alphas"] == "0.0001,10.0"
+    assert "ridge" in result.output and "val_mae" in result.output
+
+    listed = runner.invoke(
+        app, ["runs", "housing", "--sort", "best_val_mae"], env={"COLUMNS": "300"}
+    )
+    assert listed.exit_code == 0, listed.output
+    assert run_id in listed.output and "FINISHED" in listed.output  # whole id, for rerun
+    children = runner.invoke(app, ["runs", "housing", "--children"], env={"COLUMNS": "300"})
+    assert children.output.count("child") == 4  # ols, two ridges, one sgd
+    one_line_error(
+        runner.invoke(app, ["runs", "housing", "--sort", "nope"]),
+        r"error: --sort: no run has metric 'nope'",
+    )
+
+
+def test_no_standardize_reproduces_the_course_printout(prefect_harness, data_env, mlflow_store):
+    """The course notebook prints the errors of ridge (alpha 1e-4, bias penalised) and OLS
+    fitted on housing_scale as downloaded; --no-standardize reproduces them to 1e-9."""
+    import mlflow
+    import pandas as pd
+
+    args = ["run", "housing", "--alphas", "1e-4", "--sgd-lr", "0.01", "--sgd-epochs", "5",
+            "--no-standardize"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run_id = re.search(r"MLflow run id: (\w{32})", result.output).group(1)
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.data.params["standardize"] == "False"
+    children = {
+        c.data.params["model"]: c.data.metrics
+        for c in client.search_runs(
+            [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'"
+        )
+    }
+    course = {"ridge": (3.215534366263786, 3.0851716338615383),
+              "ols": (3.2155356251530534, 3.0851717377669567)}  # fmt: skip
+    for model, (train_mae, test_mae) in course.items():
+        assert children[model]["train_mae"] == pytest.approx(train_mae, rel=1e-9)
+        assert children[model]["test_mae"] == pytest.approx(test_mae, rel=1e-9)
+    stats = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="feature_stats.csv")
+    )
+    assert not stats["standardized"].any()
+    pd.testing.assert_series_equal(
+        stats["train_mean_std"], stats["train_mean_raw"], check_names=False
+    )
+
+
+def test_mlcore_ui_serves_the_store_on_loopback(mlflow_store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from flows.stack import free_port
+
+    port = free_port()
+    out = open(tmp_path / "ui.out", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)],
+                            cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline, status = time.monotonic() + 120, None
+        while time.monotonic() < deadline and status != 200:
+            assert proc.poll() is None, (tmp_path / "ui.out").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    status = r.status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200
+        assert (
+            f"MLflow UI for {mlflow_store} at http://127.0.0.1:{port}"
+            in (tmp_path / "ui.out").read_text()
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        out.close()
+
+
+def test_trigger_without_a_reachable_server_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from flows.stack import free_port
+
+    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",
+           "PREFECT_HOME": str(tmp_path)}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "trigger", "housing_regression/nightly"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1, done.stdout + done.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in done.stderr

@@ -1,0 +1,260 @@
+"""Deployments for real: a Prefect server and an MLflow server on free loopback ports, the
+deployments of prefect.yaml, a process worker, a run triggered by the CLI and found again
+through MLflow's REST API -- once on SQLite, once on a throw-away PostgreSQL cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from flows.deployments import declared_deployments
+from flows.stack import Server, free_port, local_stack
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+EXPECTED = {
+    "housing_regression/nightly": "0 2 * * *",
+    "gradient_check/daily": "30 2 * * *",
+    "convnet_training/weekly": "0 3 * * 0",
+    "pipeline/on-demand": None,
+}
+
+
+def post_json(url: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture
+def postgres():
+    """A throw-away PostgreSQL cluster on a free loopback port with databases prefect and
+    mlflow; stopped and removed afterwards."""
+    bindir = pg_bin()
+    if bindir is None:
+        if os.environ.get("CI") or os.environ.get("MLCORE_REQUIRE_DATA"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    # initdb refuses to run as root: as root, the cluster belongs to the postgres user, in a
+    # folder of its own that it can reach (pytest's tmp_path is private to root)
+    root = Path(tempfile.mkdtemp(prefix="mlcore-pg-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
+    subprocess.run([*as_postgres, *initdb], check=True, capture_output=True)
+    proc = subprocess.Popen(
+        [*as_postgres, str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+         "-h", "127.0.0.1", "-k", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    server = Server("PostgreSQL", "", "", proc, root / "log")
+    try:
+        for _ in range(120):
+            ready = subprocess.run([str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                                   capture_output=True)  # fmt: skip
+            if ready.returncode == 0:
+                break
+            time.sleep(0.5)
+        for db in ("prefect", "mlflow"):
+            createdb = [
+                str(bindir / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+            ]
+            subprocess.run([*createdb, db], check=True, capture_output=True)
+        yield f"postgres@127.0.0.1:{port}"
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backends(request, tmp_path):
+    if request.param == "sqlite":
+        return None, f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pg = request.getfixturevalue("postgres")
+    return f"postgresql+asyncpg://{pg}/prefect", f"postgresql://{pg}/mlflow"
+
+
+def test_prefect_yaml_declares_every_flow():
+    found = {d["full_name"]: d for d in declared_deployments()}
+    assert set(found) == set(EXPECTED)
+    for name, cron in EXPECTED.items():
+        assert [s["cron"] for s in found[name]["schedules"]] == ([cron] if cron else [])
+        assert found[name]["work_pool"]["name"] == "mlcore-local"
+
+
+def test_deploy_trigger_and_find_the_run(backends, tmp_path, shared_data):
+    prefect_db, mlflow_backend = backends
+    with local_stack(
+        prefect_db=prefect_db, mlflow_backend=mlflow_backend, artifacts=tmp_path / "artifacts",
+        logs=tmp_path / "logs", home=tmp_path / "prefect-home",
+    ) as (prefect_srv, mlflow_srv):  # fmt: skip
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": prefect_srv.url,
+            "PREFECT_HOME": str(tmp_path / "prefect-home"),
+            "MLFLOW_TRACKING_URI": mlflow_srv.url,
+            "MLCORE_DATA_MIRROR": str(shared_data),
+            "MLCORE_DATA_DIR": str(tmp_path / "raw"),
+            "MLCORE_PROJECT_DIR": str(REPO),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+        def cli(*args, check=True, timeout=600):
+            done = subprocess.run(
+                args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+            )
+            assert not check or done.returncode == 0, f"{args}: {done.stdout} {done.stderr}"
+            return done
+
+        cli(str(BIN / "prefect"), "work-pool", "create", "mlcore-local", "--type", "process")
+        cli(str(BIN / "prefect"), "--no-prompt", "deploy", "--all")
+
+        deployments = post_json(f"{prefect_srv.url}/deployments/filter", {})
+        flows = {f["id"]: f["name"] for f in post_json(f"{prefect_srv.url}/flows/filter", {})}
+        by_name = {f"{flows[d['flow_id']]}/{d['name']}": d for d in deployments}
+        assert set(by_name) == set(EXPECTED)
+        for name, cron in EXPECTED.items():
+            crons = [s["schedule"]["cron"] for s in by_name[name]["schedules"]]
+            assert crons == ([cron] if cron else []), name
+            assert by_name[name]["work_pool_name"] == "mlcore-local"
+        assert by_name["housing_regression/nightly"]["parameters"]["alphas"][0] == 0.0001
+
+        bad = cli(sys.executable, "-m", "flows.cli", "trigger", "nope/nope", check=False)
+        assert bad.returncode == 1 and bad.stderr.strip().startswith(
+            "error: no deployment 'nope/nope'"
+        )
+        bad = cli(sys.executable, "-m", "flows.cli", "trigger", "housing_regression/nightly",
+                  "--set", "nope=1", check=False)  # fmt: skip
+        assert bad.returncode == 1 and "has no parameter 'nope'" in bad.stderr
+
+        worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 (closed below)
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "-p", "mlcore-local", "--type", "process"],
+            env=env, cwd=REPO, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            run = cli(
+                sys.executable, "-m", "flows.cli", "trigger", "housing_regression/nightly",
+                "--set", "alphas=1e-4,1.0", "--set", "sgd_lrs=0.01", "--set", "sgd_epochs=[30]",
+                "--timeout", "600",
+            )  # fmt: skip
+        finally:
+            Server("worker", "", "", worker, tmp_path / "worker.log").stop()
+            worker_log.close()
+        assert "Completed" in run.stdout, run.stdout + run.stderr
+        flow_run_id = run.stdout.split("flow run ")[1].split()[0]
+
+        found = post_json(
+            f"{mlflow_srv.url}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [_experiment_id(mlflow_srv.url, "housing")],
+             "filter": f"tags.`prefect.flow_run_id` = '{flow_run_id}'"},
+        )["runs"]  # fmt: skip
+        assert len(found) == 1
+        mlflow_run = found[0]
+        assert mlflow_run["info"]["status"] == "FINISHED"
+        params = {p["key"]: p["value"] for p in mlflow_run["data"]["params"]}
+        assert params["alphas"] == "0.0001,1.0" and params["sgd_epochs"] == "30"
+        metrics = {m["key"] for m in mlflow_run["data"]["metrics"]}
+        assert {"best_val_mae", "best_test_mae"} <= metrics
+
+
+def _experiment_id(url: str, name: str) -> str:
+    with urllib.request.urlopen(
+        f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}"
+    ) as r:
+        return json.loads(r.read())["experiment"]["experiment_id"]
+
+
+def test_mlcore_serve_registers_every_schedule(tmp_path):
+    """`mlcore serve` against a real server: every deployment of prefect.yaml appears, served
+    by this process (no work pool) with its schedule."""
+    with local_stack(logs=tmp_path / "logs", home=tmp_path / "prefect-home",
+                     mlflow_backend=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                     artifacts=tmp_path / "artifacts") as (prefect_srv, _):  # fmt: skip
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": prefect_srv.url,
+            "PREFECT_HOME": str(tmp_path / "ph"),
+        }
+        log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 (closed below)
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve"], env=env, cwd=REPO,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline, by_name = time.monotonic() + 120, {}
+            while time.monotonic() < deadline and len(by_name) < len(EXPECTED):
+                time.sleep(1)
+                flows = {
+                    f["id"]: f["name"] for f in post_json(f"{prefect_srv.url}/flows/filter", {})
+                }
+                deployments = post_json(f"{prefect_srv.url}/deployments/filter", {})
+                by_name = {f"{flows[d['flow_id']]}/{d['name']}": d for d in deployments}
+        finally:
+            Server("serve", "", "", serve, tmp_path / "serve.log").stop()
+            log.close()
+        assert set(by_name) == set(EXPECTED), (tmp_path / "serve.log").read_text()[-2000:]
+        for name, cron in EXPECTED.items():
+            assert [s["schedule"]["cron"] for s in by_name[name]["schedules"]] == (
+                [cron] if cron else []
+            )
+            assert by_name[name]["work_pool_name"] is None
+
+
+def test_mlcore_server_starts_both_servers_on_loopback_and_stops_them(tmp_path):
+    pp, mp = free_port(), free_port()
+    backend = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "flows.cli", "server", "--prefect-port", str(pp),
+           "--mlflow-port", str(mp), "--mlflow-backend", backend,
+           "--artifacts", str(tmp_path / "artifacts"),
+           "--logs", str(tmp_path / "logs")]  # fmt: skip
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "ph")}
+    out = open(tmp_path / "server.out", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline, printed = time.monotonic() + 180, tmp_path / "server.out"
+        while time.monotonic() < deadline and "MLflow       http" not in printed.read_text():
+            assert proc.poll() is None, (tmp_path / "server.out").read_text()
+            time.sleep(0.5)
+        assert f"Prefect API  http://127.0.0.1:{pp}/api" in printed.read_text()
+        assert f"MLflow       http://127.0.0.1:{mp}" in printed.read_text()
+        for url in (f"http://127.0.0.1:{pp}/api/health", f"http://127.0.0.1:{mp}/health"):
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.status == 200
+        os.kill(proc.pid, signal.SIGTERM)  # only `mlcore server` itself: it stops the servers
+        assert proc.wait(60) == 0
+    finally:
+        Server("mlcore server", "", "", proc, tmp_path / "server.out").stop()
+        out.close()
+    for port in (pp, mp):  # both servers are gone with it
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0

@@ -1,0 +1,72 @@
+"""A sweep's trial is the experiment's own flow: re-created with ``mlcore run`` and the seed the
+trial logged, it gives the same bits."""
+
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.sweep import run_sweep
+from tasks.sweep import trial_seed
+
+pytestmark = pytest.mark.slow
+
+runner = CliRunner()
+
+
+def run_id_of(out) -> str:
+    assert out.exit_code == 0, out.output
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("MLflow run id: "), out.stdout
+    return last.split()[-1]
+
+
+def children(client, run_id):
+    exp = client.get_run(run_id).info.experiment_id
+    return client.search_runs([exp], f"tags.mlflow.parentRunId = '{run_id}'")
+
+
+def test_a_convnet_trial_is_mlcore_run_with_the_seed_it_logged(prefect_harness, mlflow_store):
+    fixed = ["num_train=100", "epochs=2", "num_filters=4", "hidden_dim=8", "batch_size=50"]
+    result = run_sweep("convnet", ["lr=1e-2"], seed=4, set_=fixed)
+    client = MlflowClient()
+    trial = client.get_run(result["trials"][0]["run_id"])
+    seed = int(trial.data.params["seed"])
+    assert seed == trial_seed(4, 0)
+    assert trial.data.tags["mlflow.parentRunId"] == result["run_id"]
+    assert "registered" not in trial.data.tags  # a trial leaves the registry to its sweep
+    options = {"lr": "0.01", "num-train": "100", "epochs": "2", "num-filters": "4",
+               "hidden-dim": "8", "batch-size": "50", "seed": str(seed)}  # fmt: skip
+    args = ["run", "convnet", *(x for k, v in options.items() for x in (f"--{k}", v))]
+    single = client.get_run(run_id_of(runner.invoke(app, args)))
+    for name in ("best_val_acc", "final_train_acc", "test_acc", "baseline_val_acc"):
+        assert single.data.metrics[name] == trial.data.metrics[name], name
+    losses = [
+        [m.value for m in client.get_metric_history(r.info.run_id, "loss")] for r in (trial, single)
+    ]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+    same = {k: v for k, v in single.data.params.items() if k in trial.data.params}
+    assert same == trial.data.params  # every parameter the trial logged, resolved values too
+
+
+def test_a_housing_trial_is_the_same_model_of_mlcore_run(prefect_harness, data_env, mlflow_store):
+    result = run_sweep("housing", ["lr=0.01,0.05"], seed=2, set_=["epochs=20"])
+    client = MlflowClient()
+    for trial in result["trials"]:
+        run = client.get_run(trial["run_id"])
+        seed = int(run.data.params["seed"])
+        assert seed == trial_seed(2, trial["number"])
+        (model,) = children(client, trial["run_id"])  # the trial fitted its one SGD model
+        assert model.data.params["lr"] == str(trial["params"]["lr"])
+        lr = trial["params"]["lr"]
+        args = ["run", "housing", "--sgd-lr", str(lr), "--sgd-epochs", "20", "--seed", str(seed)]
+        single = run_id_of(runner.invoke(app, args))
+        (same,) = [r for r in children(client, single) if r.data.params.get("model") == "sgd"]
+        assert same.data.params == model.data.params
+        for name in ("train_mae", "val_mae", "test_mae", "test_r2"):
+            assert same.data.metrics[name] == model.data.metrics[name], name
+        history = [
+            [m.value for m in client.get_metric_history(r.info.run_id, "train_loss")]
+            for r in (model, same)
+        ]
+        assert len(history[0]) == 20 and history[0] == history[1]
