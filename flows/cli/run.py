@@ -48,7 +48,7 @@ def _option(param: Param) -> inspect.Parameter:
 
 
 class RunCommand:
-    """``mlcore run NAME``: parses the options of ``exp``'s declared parameters and calls
+    """``mlcore run NAME``: parses the options of ``exp``'s declared parameters, then calls
     ``run(values, resume)`` with the ones given (the rest keep the flow's defaults). An
     experiment whose flow can resume also gets ``--resume RUN_ID``, which takes no other
     option. Its signature (what typer builds the options from) is made when typer first asks,
@@ -163,5 +163,6 @@ SHOW = {
 }
 for _name, _exp in EXPERIMENTS.items():
     run_app.command(_name, help=_exp.help)(
-        friendly_errors(preflight(flows=True)(RunCommand(_exp, _runner(_exp, SHOW[_name]))))
+        # the options are parsed first: a mistake is refused before any server starts
+        friendly_errors(RunCommand(_exp, preflight(flows=True)(_runner(_exp, SHOW[_name]))))
     )
