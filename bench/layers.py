@@ -2,7 +2,7 @@
 naive layers, each engine in its own process.
 
     python bench/layers.py [--threads 2] [--rounds 25] [--quick] [--memory] [--profile]
-                           [--no-naive] [--no-torch]
+                           [--no-naive] [--no-torch] [--no-plain]
 
 Two engines in one process share cores, thread pools and settings, and their timings say
 more about their interference than about either. So every engine runs in its own worker
@@ -12,8 +12,18 @@ process (this script with ``--worker``) with its own defaults:
   mlcore's entry points set: ``OMP_WAIT_POLICY=passive`` and ``OPENBLAS_THREAD_TIMEOUT=20``
   (unless the environment sets them) and ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` =
   ``--threads``, before numpy is imported;
+* the **plain** worker is mlcore imported plainly, as a notebook gets it: the mlcore worker's
+  fast layers and step with nothing set by the harness (no ``OMP_WAIT_POLICY``,
+  ``OPENBLAS_THREAD_TIMEOUT`` nor thread counts; what the environment sets, it inherits),
+  its "plain" column beside "fast";
 * the **torch** worker changes nothing but ``torch.set_num_threads(--threads)``;
 * the **naive** worker (mlcore's naive layers) has the mlcore worker's settings.
+
+No worker (nor the ``--memory`` / ``--profile`` child) inherits ``OPENBLAS_CORETYPE`` or
+``OPENBLAS_L2_SIZE`` (``MACHINE_PINS``): the machine this project is developed on pins
+OpenBLAS's kernels with them for old builds, a user's machine does not. The parent process
+keeps its environment; each worker reports the OpenBLAS kernel it runs (threadpoolctl's
+``architecture``) in the results.
 
 The parent process only coordinates: for each case it has every worker warm up and pick how
 many back-to-back calls make one sample (``--sample-ms``, 100 ms by default: several training
@@ -64,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="few rounds and short samples (smoke test)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive layers")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    p.add_argument(
+        "--no-plain", action="store_true", help="skip the worker of mlcore imported plainly"
+    )
     p.add_argument("--memory", action="store_true", help="also measure an epoch's peak memory")
     p.add_argument("--profile", action="store_true", help="also profile the mlcore step")
     p.add_argument("--only", default=None, help="only the cases whose name contains this")
@@ -73,7 +86,7 @@ def parse_args(argv=None):
         default=None,
         help="length of one timed sample, back-to-back calls (default 100 ms, quick 8 ms)",
     )
-    p.add_argument("--worker", choices=["mlcore", "torch", "naive"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=WORKER_KINDS, help=argparse.SUPPRESS)
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--memory-steps", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--profile-child", action="store_true", help=argparse.SUPPRESS)
@@ -87,6 +100,20 @@ def parse_args(argv=None):
     )
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     return p.parse_args(argv)
+
+
+WORKER_KINDS = ("mlcore", "plain", "torch", "naive")
+# this machine's environment pins OpenBLAS's kernel choice (Haswell kernels, L2 size) for old
+# OpenBLAS builds; a user's machine has no such pin, so no worker or child inherits it
+MACHINE_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def child_env(root: Path) -> dict[str, str]:
+    """The environment of a worker or child process: this one's without MACHINE_PINS, with
+    ``root`` first on PYTHONPATH. This process's own environment is left as it is."""
+    env = {k: v for k, v in os.environ.items() if k not in MACHINE_PINS}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    return env
 
 
 def mlcore_settings(threads: int) -> None:
@@ -187,6 +214,11 @@ def mlcore_engines(np):
         step = make_mlcore_step(np, dtype)
         engines[f"ThreeLayerConvNet train step, batch 50, {name}"] = {"fast": step}
     return engines
+
+
+def plain_engines(np):
+    """{case: {"plain": fn}}: the mlcore worker's fast engines, for mlcore imported plainly."""
+    return {case: {"plain": e["fast"]} for case, e in mlcore_engines(np).items()}
 
 
 def pool_engines(np, engines, engine, forward, backward):
@@ -362,6 +394,7 @@ def worker_info(np, torch, threads):
 
         info["mlcore"] = str(Path(mlcore.__file__).parent)
         info["mlcore_extension_active"] = fl.extension_active()
+    info["machine_pins"] = {v: os.environ.get(v) for v in MACHINE_PINS}
     try:
         cfg = np.show_config(mode="dicts")
         blas = cfg["Build Dependencies"]["blas"]
@@ -371,13 +404,18 @@ def worker_info(np, torch, threads):
     try:
         from threadpoolctl import threadpool_info
 
+        pools = threadpool_info()
+        keys = ("user_api", "internal_api", "version", "num_threads", "architecture")
         info["threadpools"] = [
-            {k: d.get(k) for k in ("user_api", "internal_api", "version", "num_threads")}
-            | {"lib": Path(d.get("filepath", "")).name}
-            for d in threadpool_info()
+            {k: d.get(k) for k in keys} | {"lib": Path(d.get("filepath", "")).name} for d in pools
         ]
+        # the kernel numpy's OpenBLAS runs (what numpy.show_runtime() prints as architecture)
+        info["openblas_architecture"] = next(
+            (d.get("architecture") for d in pools if d.get("internal_api") == "openblas"), None
+        )
     except ImportError:
         info["threadpools"] = "threadpoolctl not installed"
+        info["openblas_architecture"] = None
     return info
 
 
@@ -393,6 +431,11 @@ def run_worker(args) -> int:
 
         sys.path.insert(0, str(args.mlcore_path or ROOT))
         engines = mlcore_engines(np) if args.worker == "mlcore" else naive_engines(np)
+    elif args.worker == "plain":  # as a notebook imports mlcore: nothing set
+        import numpy as np
+
+        sys.path.insert(0, str(args.mlcore_path or ROOT))
+        engines = plain_engines(np)
     else:
         import numpy as np
         import torch
@@ -437,9 +480,7 @@ class Worker:
         cmd += ["--threads", str(args.threads)]
         if args.mlcore_path is not None:
             cmd += ["--mlcore-path", str(args.mlcore_path.resolve())]
-        env = {**os.environ}
-        root = args.mlcore_path or ROOT
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        env = child_env(args.mlcore_path or ROOT)
         self.kind = kind
         self.proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
@@ -708,15 +749,16 @@ def profile_markdown(prof) -> str:
 
 def summarize(name, group, kind, samples):
     row = {"group": group, "case": name}
-    for key in ("naive", "fast", "gemm", "torch"):
+    for key in ("naive", "fast", "plain", "gemm", "torch"):
         s = samples.get(key)
         row[f"{key}_ms"] = statistics.median(s) * 1e3 if s else None
-    fast, tor = samples.get("fast"), samples.get("torch")
-    if fast and tor:
-        ratios = [f / t for f, t in zip(fast, tor, strict=False)]
-        row["fast_over_torch"] = statistics.median(ratios)
-        row["fast_over_torch_min"] = min(ratios)
-        row["fast_over_torch_max"] = max(ratios)
+    for a, b in (("fast", "torch"), ("plain", "fast")):
+        sa, sb = samples.get(a), samples.get(b)
+        if sa and sb:
+            ratios = [x / y for x, y in zip(sa, sb, strict=False)]
+            row[f"{a}_over_{b}"] = statistics.median(ratios)
+            row[f"{a}_over_{b}_min"] = min(ratios)
+            row[f"{a}_over_{b}_max"] = max(ratios)
     if row["naive_ms"] is not None and row["fast_ms"]:
         row["naive_over_fast"] = row["naive_ms"] / row["fast_ms"]
     if row["gemm_ms"] is not None and row["fast_ms"]:
@@ -737,6 +779,7 @@ def table_rows(rows):
         "case",
         "naive ms",
         "fast ms",
+        "plain ms (/fast)",
         "GEMM ms (share)",
         "torch ms",
         "fast/torch",
@@ -750,6 +793,12 @@ def table_rows(rows):
             ratio = (
                 f"{r['fast_over_torch']:.2f} ({r['fast_over_torch_min']:.2f}"
                 f"-{r['fast_over_torch_max']:.2f})"
+            )
+        plain = fmt_ms(r.get("plain_ms"))
+        if r.get("plain_over_fast") is not None:
+            plain += (
+                f" ({r['plain_over_fast']:.2f}, {r['plain_over_fast_min']:.2f}"
+                f"-{r['plain_over_fast_max']:.2f})"
             )
         gemm = "-"
         if r.get("gemm_ms") is not None:
@@ -765,6 +814,7 @@ def table_rows(rows):
                 r["case"],
                 fmt_ms(r.get("naive_ms")),
                 fmt_ms(r.get("fast_ms")),
+                plain,
                 gemm,
                 fmt_ms(r.get("torch_ms")),
                 ratio,
@@ -801,12 +851,14 @@ def markdown(header, rows, info, notes):
     for kind, w in info.get("workers", {}).items():
         pools = w.get("threadpools")
         desc = {k: v for k, v in w.items() if k != "threadpools"}
-        lines.append(f"- {kind} worker: {desc}")
+        what = " (mlcore imported plainly)" if kind == "plain" else ""
+        lines.append(f"- {kind} worker{what}: {desc}")
         if isinstance(pools, list):
             for d in pools:
+                arch = f", {d['architecture']} kernels" if d.get("architecture") else ""
                 lines.append(
                     f"  - threadpool: {d['internal_api']} {d['version']} ({d['lib']}), "
-                    f"{d['num_threads']} threads"
+                    f"{d['num_threads']} threads{arch}"
                 )
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -894,8 +946,7 @@ def memory_child(steps):
 
 
 def measure_memory(threads, steps):
-    env = {**os.environ}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = child_env(ROOT)
     cmd = [sys.executable, __file__, "--memory-child", "--threads", str(threads)]
     if steps is not None:
         cmd += ["--memory-steps", str(steps)]
@@ -904,8 +955,7 @@ def measure_memory(threads, steps):
 
 
 def run_profile(threads, reps):
-    env = {**os.environ}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = child_env(ROOT)
     cmd = [sys.executable, __file__, "--profile-child", "--threads", str(threads)]
     cmd += ["--profile-reps", str(reps)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
@@ -935,7 +985,7 @@ def main(argv=None):
     gap = 0.005 if args.quick else 0.02
     notes = []
 
-    kinds = ["mlcore"]
+    kinds = ["mlcore"] + ([] if args.no_plain else ["plain"])
     if not args.no_torch:
         try:
             import importlib.util
@@ -956,6 +1006,8 @@ def main(argv=None):
         for kind in kinds:
             workers.append(Worker(kind, args))
         info = machine_info(args.threads)
+        # what this environment pins and no worker inherits (None: not set here either)
+        info["machine_pins_unset_in_workers"] = {v: os.environ.get(v) for v in MACHINE_PINS}
         info["workers"] = {w.kind: w.ask(cmd="info") for w in workers}
         if not info["workers"]["mlcore"].get("mlcore_extension_active"):
             notes.append("the Cython extension is not active: 'fast' is the numpy fallback.")
@@ -996,8 +1048,10 @@ def main(argv=None):
     info["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     notes.append(
         "float32 unless stated; every engine in its own process (mlcore: OMP_WAIT_POLICY="
-        "passive, OPENBLAS_THREAD_TIMEOUT=20 and OMP/OPENBLAS threads pinned; torch: only "
-        "torch.set_num_threads); rounds "
+        "passive, OPENBLAS_THREAD_TIMEOUT=20 and OMP/OPENBLAS threads pinned; plain: mlcore "
+        "imported plainly, nothing set, plain/fast = median of the per-round ratios (min-max); "
+        "torch: only torch.set_num_threads; none inherits "
+        f"{' or '.join(MACHINE_PINS)}, each runs the OpenBLAS kernel its CPU gets); rounds "
         "alternate between the processes, and each hand-over waits until no thread of the "
         "previous worker runs (OpenBLAS spins ~0.1 s after a GEMM) plus "
         f"{1e3 * gap:.0f} ms; ms = median over rounds; fast/torch = median of the "

@@ -99,6 +99,8 @@ class Experiment:
     # metrics of the flow's MLflow run a sweep may optimise -> higher is better
     metrics: dict[str, bool] = field(default_factory=dict)
     reported: tuple[str, ...] = ()  # the metrics a trial reports (the leaderboard's columns)
+    # metrics of wall time, not of the result (``mlcore rerun`` does not compare them)
+    timings: tuple[str, ...] = ()
     model_name: Callable[[Mapping], str] | None = None
     data_key: Callable[[Mapping], str] | None = None
     baseline: str = ""  # the trivial model the registration gate compares with
@@ -361,6 +363,7 @@ CONVNET = Experiment(
     ],
     metrics={"best_val_acc": True, "final_train_acc": True},
     reported=("best_val_acc", "final_train_acc", "test_acc"),
+    timings=("epoch_seconds",),
     model_name=lambda p: f"{p['dataset']}-convnet",
     data_key=_convnet_key,
     baseline="majority",

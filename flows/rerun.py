@@ -40,7 +40,8 @@ def rerun(run_id: str, sets: list[str] | None = None) -> dict[str, Any]:
     """Run the flow of ``run_id`` again with its arguments (``sets`` changed), tag the new
     run ``mlcore.rerun_of``, and compare. Returns ``{flow, original, new, changed,
     metrics_differ, data, code, reproduced}``: ``changed`` is ``{param: (old, new)}``,
-    ``metrics_differ`` ``{metric: (old, new)}`` (a missing value is None), ``data`` and
+    ``metrics_differ`` ``{metric: (old, new)}`` (a missing value is None; the experiment's
+    ``timings`` are not compared), ``data`` and
     ``code`` ``(old, new)`` or None when equal; ``environment`` as :func:`compare_environments`
     returns it."""
     run, name, params = original_call(run_id)
@@ -57,7 +58,7 @@ def rerun(run_id: str, sets: list[str] | None = None) -> dict[str, Any]:
     differ = {
         k: (old_m.get(k), new_m.get(k))
         for k in sorted(set(old_m) | set(new_m))
-        if old_m.get(k) != new_m.get(k)
+        if old_m.get(k) != new_m.get(k) and k not in exp.timings
     }
     data = _differs(run, new, "data.sha256")
     code = _differs(run, new, "git_commit")

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,10 @@ def gradient_gate(input_dim: tuple, filter_size: int, num_classes: int, seed: in
 
 class _TrainingDisplay:
     """Solver callback: metrics to MLflow (flushed each epoch), each checkpoint to MLflow, and
-    a progress bar on a terminal.
+    a progress bar on a terminal. Used as a context manager around ``solver.train()``: the
+    progress bar shows inside it, and ``epoch_seconds`` (step = epoch) is the wall time from
+    entering it, then from the end of the epoch before, to each epoch's end (its accuracies
+    included; the checkpoint written after an epoch counts in the next one).
 
     A resumed run (or a retried task) goes again through steps it may have logged before it
     stopped (metrics are flushed at an epoch's end, before its checkpoint is written). Those
@@ -109,7 +113,10 @@ class _TrainingDisplay:
         self.run_id = run_id
         self.extra = extra
         self.metrics = tracking.MetricBuffer(run_id)
-        self.logged = tracking.last_metric_steps(run_id, ["loss", "train_acc", "val_acc", "lr"])
+        self.logged = tracking.last_metric_steps(
+            run_id, ["loss", "train_acc", "val_acc", "lr", "epoch_seconds"]
+        )
+        self.epoch_started = None
         self.all_checkpoints_logged = True
         console = Console(file=sys.stderr)
         self.progress = Progress(
@@ -121,6 +128,14 @@ class _TrainingDisplay:
             "train", total=total_iterations, completed=done, status=""
         )
 
+    def __enter__(self) -> _TrainingDisplay:
+        self.progress.__enter__()
+        self.epoch_started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
     def _add(self, name: str, value: float, step: int) -> None:
         if step > self.logged.get(name, -1):
             self.metrics.add(name, value, step)
@@ -130,6 +145,10 @@ class _TrainingDisplay:
             self._add("loss", info["loss"], info["iteration"])
             self.progress.update(self.task, advance=1, status=f"loss {info['loss']:.3f}")
         elif kind == "epoch":
+            if info["epoch"] >= 1:  # (not the accuracies recorded after the first iteration)
+                now = time.perf_counter()
+                self._add("epoch_seconds", now - self.epoch_started, info["epoch"])
+                self.epoch_started = now
             for name in ("train_acc", "val_acc", "lr"):
                 self._add(name, info[name], info["epoch"])
             self.metrics.flush()
@@ -215,11 +234,11 @@ def train_convnet(
     run_id: str,
     callback: Callable[[str, dict], None] | None = None,
 ) -> dict[str, Any]:
-    """Train a ThreeLayerConvNet with Solver (per-iteration loss, per-epoch accuracies to
-    MLflow), checkpointing every epoch into checkpoint_dir(run_id) and the run's artifacts.
-    Starts from the run's latest checkpoint if it has one (a resumed run, a retried task), so
-    it ends exactly where an uninterrupted run would. ``callback`` also gets every Solver
-    event. Returns the model (best validation parameters) and its histories."""
+    """Train a ThreeLayerConvNet with Solver (per-iteration loss, per-epoch accuracies and
+    ``epoch_seconds`` to MLflow), checkpointing every epoch into checkpoint_dir(run_id) and the
+    run's artifacts. Starts from the run's latest checkpoint if it has one (a resumed run, a
+    retried task), so it ends exactly where an uninterrupted run would. ``callback`` also gets
+    every Solver event. Returns the model (best validation parameters) and its histories."""
     model = ThreeLayerConvNet(
         input_dim=data["X_train"].shape[1:], num_classes=num_classes, seed=seed,
         dtype=np.float32, **config,
@@ -241,7 +260,7 @@ def train_convnet(
         resume_from=start[0] if start else None,
     )  # fmt: skip
     try:
-        with display.progress:
+        with display:
             solver.train()
     finally:  # what a failing run did until it failed is worth keeping, if MLflow is there
         with contextlib.suppress(Exception):

@@ -15,6 +15,10 @@ class ThreeLayerConvNet:
     (filter_size - 1) // 2; the pool is 2x2 with stride 2. Weights are drawn from a normal
     distribution with standard deviation weight_scale (np.random.default_rng(seed)), biases
     are zero, and every parameter is stored in ``params`` (W1, b1, W2, b2, W3, b3) as dtype.
+
+    seed=None draws the seed from numpy's global generator, ``int(np.random.randint(2**31))``
+    (one draw, at construction), so the course's ``np.random.seed(231)`` before building a
+    model gives the same weights every time. An explicit seed leaves np.random untouched.
     """
 
     def __init__(
@@ -48,6 +52,8 @@ class ThreeLayerConvNet:
         self.conv_param = {"stride": 1, "pad": pad}
         self.pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
 
+        if seed is None:
+            seed = int(np.random.randint(2**31))  # noqa: NPY002 - the course seeds it
         rng = np.random.default_rng(seed)
         layers = [  # (weight shape, bias size) per layer
             ((num_filters, C, filter_size, filter_size), num_filters),
@@ -76,6 +82,7 @@ class ThreeLayerConvNet:
             reg=reg,
             dtype=W1.dtype.type,
             weight_scale=0.0,
+            seed=0,  # the weights are replaced below: no draw from np.random's global state
         )
         for name, value in model.params.items():
             if params[name].shape != value.shape:

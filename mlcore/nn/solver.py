@@ -49,7 +49,10 @@ class Solver:
     epoch), print_every (10), verbose (True), plus:
 
     - seed: seeds the one np.random.default_rng behind all sampling (minibatches and the
-      accuracy subsamples), so two runs with the same seed are identical.
+      accuracy subsamples), so two runs with the same seed are identical. None (the default)
+      draws the seed from numpy's global generator, ``int(np.random.randint(2**31))`` (one
+      draw, at construction; kept in ``self.seed``), so the course's ``np.random.seed(231)``
+      gives the same training every time. An explicit seed leaves np.random untouched.
     - callback: ``callback(kind, info)``; after each iteration with kind "iteration" and
       info dict(iteration, epoch, loss) (iteration counts from 1; epoch is the number of
       completed epochs), and each time accuracies are recorded (after the first iteration and
@@ -113,6 +116,8 @@ class Solver:
                 f"{self.num_epochs}"
             )
 
+        if self.seed is None:
+            self.seed = int(np.random.randint(2**31))  # noqa: NPY002 - the course seeds it
         self._reset()
         if resume_from is not None:
             self.load_checkpoint(resume_from)

@@ -62,5 +62,54 @@ def test_a_quick_run_writes_its_table_and_the_idle_waits(tmp_path):
     cases = [r["case"] for r in result["rows"]]
     assert cases == [f"pool 2x2 s2, x(100,3,32,32) {p}" for p in ("fwd", "bwd", "fwd+bwd")]
     assert all(r["fast_ms"] > 0 and r["torch_ms"] is None for r in result["rows"])
-    assert set(result["machine"]["idle_wait_ms"]) == {"mlcore"}
-    assert "| pool 2x2 s2, x(100,3,32,32) fwd+bwd |" in (out / "layers.md").read_text()
+    # mlcore imported plainly: its own column, its per-round ratio to the mlcore worker's
+    assert all(r["plain_ms"] > 0 and r["plain_over_fast"] > 0 for r in result["rows"])
+    assert set(result["machine"]["idle_wait_ms"]) == {"mlcore", "plain"}
+    assert set(result["machine"]["workers"]) == {"mlcore", "plain"}
+    md = (out / "layers.md").read_text()
+    assert "| pool 2x2 s2, x(100,3,32,32) fwd+bwd |" in md and "| plain ms (/fast) |" in md
+    assert "- plain worker (mlcore imported plainly): " in md
+
+
+def openblas_architecture(env: dict[str, str]) -> str:
+    """The kernel numpy's OpenBLAS picks in a fresh process with environment ``env``."""
+    import subprocess
+
+    code = (
+        "import numpy, threadpoolctl; print(next(d['architecture'] for d in "
+        "threadpoolctl.threadpool_info() if d['internal_api'] == 'openblas'))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return proc.stdout.strip()
+
+
+def test_no_worker_inherits_the_openblas_pin_and_plain_sets_nothing(layers, monkeypatch):
+    # a pin OpenBLAS honours here, unlike this CPU's own choice (Haswell kernels or newer)
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Nehalem")
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
+    for var in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    assert openblas_architecture(dict(os.environ)) == "Nehalem"  # the pin takes effect
+    unpinned = {k: v for k, v in os.environ.items() if k not in layers.MACHINE_PINS}
+    own_choice = openblas_architecture(unpinned)
+    infos = {}
+    for kind in ("mlcore", "plain"):
+        worker = layers.Worker(kind, layers.parse_args(["--threads", "2"]))
+        try:
+            infos[kind] = worker.ask(cmd="info")
+        finally:
+            worker.close()
+    for kind, info in infos.items():
+        assert info["machine_pins"] == {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+        assert not set(layers.MACHINE_PINS) & set(info["env"])
+        assert info["openblas_architecture"] == own_choice != "Nehalem", kind
+    # the mlcore worker sets what mlcore's entry points set; the plain one sets nothing
+    assert infos["mlcore"]["env"]["OMP_WAIT_POLICY"] == "passive"
+    assert infos["mlcore"]["env"]["OPENBLAS_THREAD_TIMEOUT"] == "20"
+    assert not {"OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS"} & set(
+        infos["plain"]["env"]
+    )
+    # the parent (this test's process) keeps its environment
+    assert os.environ["OPENBLAS_CORETYPE"] == "Nehalem" and os.environ["OPENBLAS_L2_SIZE"] == "512"

@@ -1,5 +1,7 @@
 """ConvNet training: tasks on digits with MLflow read back, the gradient gate, the whole flow."""
 
+import time
+
 import mlflow
 import numpy as np
 import pytest
@@ -26,9 +28,14 @@ def run_id(mlflow_store):
 def test_train_and_evaluate_log_everything_and_the_model_predicts_identically(run_id, tmp_path):
     data = load_images.fn("digits", None, run_id)
     config = architecture(dataset="digits")
+    started = time.perf_counter()
     trained = train_convnet.fn(data, 10, config, SOLVER, 0, run_id)
+    wall = time.perf_counter() - started
     result = evaluate_convnet.fn(trained, data, run_id)
     client = MlflowClient()
+    seconds = client.get_metric_history(run_id, "epoch_seconds")
+    assert [m.step for m in seconds] == list(range(1, SOLVER["num_epochs"] + 1))
+    assert all(m.value > 0 for m in seconds) and sum(m.value for m in seconds) <= wall
     iterations = 3 * (len(data["X_train"]) // 50)
     loss = client.get_metric_history(run_id, "loss")
     assert [m.step for m in loss] == list(range(1, iterations + 1))

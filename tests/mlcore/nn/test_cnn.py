@@ -95,3 +95,66 @@ def test_input_validation():
         model.loss(np.zeros((2, 1, 8, 8)), np.array([0, 10]))
     with pytest.raises(ValueError, match="leaves no 2x2 pooling window"):
         ThreeLayerConvNet(input_dim=(1, 1, 1), filter_size=1)
+
+
+# numpy's legacy global generator (NPY002) is what the course seeds, so these tests use it
+
+
+@pytest.fixture
+def global_numpy_rng():
+    """The tests below seed numpy's global generator as the course does; put it back after."""
+    state = np.random.get_state()  # noqa: NPY002
+    yield
+    np.random.set_state(state)  # noqa: NPY002
+
+
+def course_seed(seed):
+    np.random.seed(seed)  # noqa: NPY002
+
+
+def next_global_draw():
+    """What the global generator gives next (what a model built now would draw)."""
+    return int(np.random.randint(2**31))  # noqa: NPY002
+
+
+def tiny_net(**kw):
+    return ThreeLayerConvNet(input_dim=(3, 8, 8), num_filters=4, filter_size=3, hidden_dim=6, **kw)
+
+
+def test_without_seed_the_course_global_seed_fixes_the_weights(global_numpy_rng):
+    course_seed(231)
+    a = tiny_net()
+    course_seed(231)
+    b = tiny_net()
+    course_seed(232)
+    c = tiny_net()
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    for k in ("W1", "W2", "W3"):
+        assert not np.array_equal(a.params[k], c.params[k])
+    # the seed is one draw from the global generator, used as an explicit seed would be
+    drawn = int(np.random.RandomState(231).randint(2**31))
+    explicit = tiny_net(seed=drawn)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], explicit.params[k])
+
+
+def test_explicit_seed_draws_as_before_and_leaves_the_global_generator(global_numpy_rng):
+    course_seed(5)
+    model = tiny_net(seed=7, weight_scale=0.05)
+    # the global stream is where course_seed(5) left it
+    assert next_global_draw() == np.random.RandomState(5).randint(2**31)
+    rng = np.random.default_rng(7)  # what the model drew from before seed=None changed
+    for i in (1, 2, 3):
+        w = model.params[f"W{i}"]
+        expected = (0.05 * rng.standard_normal(w.shape)).astype(np.float32)
+        np.testing.assert_array_equal(w, expected)
+
+
+def test_from_params_does_not_draw_from_the_global_generator(global_numpy_rng):
+    params = tiny_net(seed=3).params
+    course_seed(5)
+    rebuilt = ThreeLayerConvNet.from_params(params, (3, 8, 8))
+    assert next_global_draw() == np.random.RandomState(5).randint(2**31)
+    for k in params:
+        np.testing.assert_array_equal(rebuilt.params[k], params[k])

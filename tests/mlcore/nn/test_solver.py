@@ -270,3 +270,96 @@ def test_checkpoint_events_follow_each_written_checkpoint(digits, tmp_path):
 
     run(digits, 0, num_epochs=3, checkpoint_name=str(tmp_path / "c"), callback=callback)
     assert seen == [(1, 6, 1), (2, 12, 2), (3, 18, 3)]
+
+
+# numpy's legacy global generator (NPY002) is what the course seeds, so these tests use it
+
+
+@pytest.fixture
+def global_numpy_rng():
+    """The tests below seed numpy's global generator as the course does; put it back after."""
+    state = np.random.get_state()  # noqa: NPY002
+    yield
+    np.random.set_state(state)  # noqa: NPY002
+
+
+def course_seed(seed):
+    np.random.seed(seed)  # noqa: NPY002
+
+
+def next_global_draw():
+    """What the global generator gives next (what a model built now would draw)."""
+    return int(np.random.randint(2**31))  # noqa: NPY002
+
+
+def tiny_data():
+    """40 random 3x8x8 images of 10 classes: 30 to train on, 10 to validate on."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 3, 8, 8)), rng.integers(10, size=40)
+    return data_dict(X, y, 30, 10)
+
+
+def tiny_net(**kw):
+    args = dict(input_dim=(3, 8, 8), num_filters=4, filter_size=3, hidden_dim=10)
+    return ThreeLayerConvNet(weight_scale=0.1, **{**args, **kw})
+
+
+def course_cell(global_seed, **kw):
+    """The course's way: np.random.seed, then a model and a Solver given no seed."""
+    course_seed(global_seed)
+    model = tiny_net()
+    initial = {k: v.copy() for k, v in model.params.items()}
+    args = dict(
+        num_epochs=2, batch_size=10, update_rule="adam", optim_config={"learning_rate": 1e-2},
+        num_train_samples=20, verbose=False,
+    )  # fmt: skip
+    solver = Solver(model, tiny_data(), **{**args, **kw})
+    solver.train()
+    return initial, solver
+
+
+def test_without_seed_the_course_global_seed_fixes_weights_and_training(global_numpy_rng):
+    (init_a, a), (init_b, b), (init_c, c) = course_cell(231), course_cell(231), course_cell(232)
+    for k in init_a:
+        np.testing.assert_array_equal(init_a[k], init_b[k])
+        np.testing.assert_array_equal(a.model.params[k], b.model.params[k])
+    assert len(a.loss_history) == 2 * 3
+    np.testing.assert_array_equal(a.loss_history, b.loss_history)
+    assert a.train_acc_history == b.train_acc_history and a.val_acc_history == b.val_acc_history
+    assert not np.array_equal(init_a["W1"], init_c["W1"])
+    assert not np.array_equal(a.loss_history, c.loss_history)
+    # the Solver's seed is the draw after the model's one
+    state = np.random.RandomState(231)
+    state.randint(2**31)  # the model's seed
+    assert a.seed == b.seed == int(state.randint(2**31))
+
+
+def test_without_seed_resume_continues_the_checkpointed_stream(global_numpy_rng, tmp_path):
+    _, straight = course_cell(231)
+    name = str(tmp_path / "course")
+    course_cell(231, num_epochs=1, checkpoint_name=name)
+    course_seed(999)  # the resumed Solver's own draw is overwritten by the checkpoint's rng
+    _, resumed = course_cell(231, resume_from=f"{name}_epoch_1.npz")
+    np.testing.assert_array_equal(resumed.loss_history, straight.loss_history)
+    assert resumed.val_acc_history == straight.val_acc_history
+
+
+def test_explicit_seed_samples_as_before_and_leaves_the_global_generator(global_numpy_rng):
+    data = tiny_data()
+    course_seed(5)
+    solver = Solver(
+        tiny_net(seed=3), data, seed=11, num_epochs=1, batch_size=10, update_rule="sgd",
+        verbose=False,
+    )  # fmt: skip
+    assert next_global_draw() == np.random.RandomState(5).randint(2**31)
+    solver.train()
+    # the old code: minibatches from np.random.default_rng(seed) (30 training rows are fewer
+    # than num_train_samples, so no accuracy subsample draws from it)
+    rng, reference, expected = np.random.default_rng(11), tiny_net(seed=3), []
+    for _ in range(3):
+        batch = rng.choice(30, 10)
+        loss, grads = reference.loss(data["X_train"][batch], data["y_train"][batch])
+        expected.append(loss)
+        for k, w in reference.params.items():
+            reference.params[k] = sgd(w, grads[k], {"learning_rate": 1e-2})[0]
+    assert solver.loss_history == expected
