@@ -95,7 +95,7 @@ bench: $(STAMP)
 
 ## make docs: regenerate docs/experiments.md's parameter tables from flows/experiments.py
 docs: $(STAMP)
-	$(BIN)/python -m flows.experiments docs/experiments.md
+	$(BIN)/python -m flows.parameter_docs docs/experiments.md
 
 clean:
 	rm -rf build *.egg-info mlcore/nn/_fast.c mlcore/nn/_fast*.so

@@ -3,13 +3,14 @@ triggered on a running Prefect server."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from flows.experiments import by_flow
-from flows.params import parse_overrides
+from flows.experiments import EXPERIMENTS, by_flow
+from flows.params import parse_overrides, validate
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
@@ -83,3 +84,36 @@ def run_on_server(name: str, sets: list[str], wait: bool, timeout: float):
         raise ValueError(f"deployment {name!r} runs {flow.name}, which is no mlcore experiment")
     parameters = parse_overrides(exp, sets)
     return run_deployment(name, parameters=parameters, timeout=timeout if wait else 0)
+
+
+def deployment_problems(config: Mapping) -> list[str]:
+    """What in a parsed ``prefect.yaml`` disagrees with the registry: a deployment of an
+    unknown entrypoint, a parameter its flow does not have, a value that does not parse, or a
+    value that differs from the registry's default (a deployment restating a default must
+    restate the current one)."""
+    entry = {e.entrypoint: e for e in EXPERIMENTS.values()}
+    problems = []
+    for dep in config.get("deployments") or []:
+        where = f"deployment {dep.get('name')!r}"
+        exp = entry.get(dep.get("entrypoint"))
+        if exp is None:
+            problems.append(f"{where}: entrypoint {dep.get('entrypoint')!r} is no experiment's")
+            continue
+        for key, value in (dep.get("parameters") or {}).items():
+            param = next((p for p in exp.params if p.name == key), None)
+            if param is None:
+                problems.append(f"{where}: {exp.name} has no parameter {key!r}")
+                continue
+            try:
+                validate(param, value, f"{where}: {key}")
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            default, dataset = param.default, None
+            if default is None and param.per_dataset is not None and value is not None:
+                dataset = (dep.get("parameters") or {}).get("dataset", exp.defaults()["dataset"])
+                default = param.per_dataset.get(dataset)
+            if value != default:
+                text = f"{where}: {key} is {value!r}, the registry's default is {default!r}"
+                problems.append(text + (f" for {dataset}" if dataset else ""))
+    return problems

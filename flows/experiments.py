@@ -6,8 +6,8 @@ direction), and how its best model is registered (model name, data key, trivial 
 margin). Everything else reads it: the flows take their defaults from it, ``mlcore run`` builds
 its options from it, ``mlcore sweep --param/--set`` and ``mlcore rerun --set`` parse with
 :mod:`flows.params` against it, ``prefect.yaml`` is checked against it
-(:func:`deployment_problems`) and the docs' parameter tables are generated from it
-(:func:`parameter_table`).
+(:func:`flows.deployments.deployment_problems`) and the docs' parameter tables are generated
+from it (:mod:`flows.parameter_docs`).
 
 This module imports no flow (the flows import it): an experiment names its flow as
 ``module:function`` and :meth:`Experiment.load_flow` imports it when asked.
@@ -16,7 +16,6 @@ This module imports no flow (the flows import it): an experiment names its flow 
 from __future__ import annotations
 
 import importlib
-import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -439,113 +438,3 @@ def register_best(
         model_uri, exp.model_name(values), metric, value, exp.metrics[metric],
         exp.data_key(values), run_id, baseline, exp.baseline, exp.margin,
     )  # fmt: skip
-
-
-# ------------------------------------------------------------------ deployments and the docs
-
-
-def deployment_problems(config: Mapping) -> list[str]:
-    """What in a parsed ``prefect.yaml`` disagrees with the registry: a deployment of an
-    unknown entrypoint, a parameter its flow does not have, a value that does not parse, or a
-    value that differs from the registry's default (a deployment restating a default must
-    restate the current one)."""
-    from flows.params import validate
-
-    entry = {e.entrypoint: e for e in EXPERIMENTS.values()}
-    problems = []
-    for dep in config.get("deployments") or []:
-        where = f"deployment {dep.get('name')!r}"
-        exp = entry.get(dep.get("entrypoint"))
-        if exp is None:
-            problems.append(f"{where}: entrypoint {dep.get('entrypoint')!r} is no experiment's")
-            continue
-        for key, value in (dep.get("parameters") or {}).items():
-            param = next((p for p in exp.params if p.name == key), None)
-            if param is None:
-                problems.append(f"{where}: {exp.name} has no parameter {key!r}")
-                continue
-            try:
-                validate(param, value, f"{where}: {key}")
-            except ValueError as exc:
-                problems.append(str(exc))
-                continue
-            default, dataset = param.default, None
-            if default is None and param.per_dataset is not None and value is not None:
-                dataset = (dep.get("parameters") or {}).get("dataset", exp.defaults()["dataset"])
-                default = param.per_dataset.get(dataset)
-            if value != default:
-                text = f"{where}: {key} is {value!r}, the registry's default is {default!r}"
-                problems.append(text + (f" for {dataset}" if dataset else ""))
-    return problems
-
-
-def _type_name(param: Param) -> str:
-    def name(t: Any) -> str:
-        return getattr(t, "__name__", str(t))
-
-    text = f"list of {name(param.item_type)}" if param.is_list else name(param.item_type)
-    return f"{text} or none" if param.optional else text
-
-
-def _constraint(param: Param) -> str:
-    if param.allowed:
-        return "one of " + ", ".join(map(str, param.allowed))
-    lo, hi = param.minimum, param.maximum
-    strict = "<" if param.exclusive else "<="
-    if lo is not None and hi is not None:
-        return f"{lo:g} {strict} x {strict} {hi:g}"
-    if lo is not None:
-        return f"{'>' if param.exclusive else '>='} {lo:g}"
-    return ""
-
-
-def default_text(param: Param) -> str:
-    if param.default is None and param.per_dataset:
-        return ", ".join(f"{k}: {v:g}" for k, v in param.per_dataset.items())
-    if param.is_list and param.default is not None:
-        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in param.default)
-    if isinstance(param.default, float):
-        return f"{param.default:g}"
-    return "none" if param.default is None else str(param.default).lower() if isinstance(
-        param.default, bool) else str(param.default)  # fmt: skip
-
-
-def parameter_table(exp: Experiment) -> str:
-    """The experiment's parameters as a Markdown table (docs/experiments.md); for a sweepable
-    experiment, how a sweep may use each."""
-    sweepable = exp.name in SWEEPABLE
-    head = ["parameter", "`mlcore run` option", "type", "default", "allowed"]
-    head += ["sweep", "help"] if sweepable else ["help"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for p in exp.params:
-        cells = [f"`{p.name}`", f"`{p.option_name}`", _type_name(p), default_text(p),
-                 _constraint(p)]  # fmt: skip
-        if sweepable:
-            sweep = "per trial" if p.name == "seed" else "--set only" if p.data else "yes"
-            cells.append(sweep + (f" (one item: `{p.alias}`)" if p.alias and p.is_list else ""))
-        lines.append("| " + " | ".join([*cells, p.help]) + " |")
-    return "\n".join(lines)
-
-
-def render_docs(text: str) -> str:
-    """``text`` with each block between ``<!-- parameters:NAME -->`` and
-    ``<!-- /parameters:NAME -->`` replaced by :func:`parameter_table` of experiment NAME."""
-
-    def table(match: re.Match) -> str:
-        name = match.group(1)
-        return (
-            f"<!-- parameters:{name} -->\n{parameter_table(get(name))}\n<!-- /parameters:{name} -->"
-        )
-
-    return re.sub(
-        r"<!-- parameters:(\w+) -->.*?<!-- /parameters:\1 -->", table, text, flags=re.DOTALL
-    )
-
-
-if __name__ == "__main__":  # make docs: regenerate the parameter tables of docs/experiments.md
-    import sys
-    from pathlib import Path
-
-    for page in sys.argv[1:]:
-        path = Path(page)
-        path.write_text(render_docs(path.read_text()))

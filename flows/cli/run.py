@@ -13,7 +13,8 @@ import typer
 
 from flows.cli.errors import UsageError, friendly_errors, preflight
 from flows.cli.render import console, print_table
-from flows.experiments import EXPERIMENTS, Experiment, Param, default_text
+from flows.experiments import EXPERIMENTS, Experiment, Param
+from flows.parameter_docs import default_text
 
 run_app = typer.Typer(help="Run a flow now, in this process.", no_args_is_help=True)
 

@@ -111,7 +111,7 @@ def test_readme_names_the_test_command():
 @pytest.mark.parametrize("experiment", ["housing", "convnet", "gradcheck", "pipeline"])
 def test_parameter_tables_are_marked(experiment):
     """docs/experiments.md holds each experiment's parameter table between the exact marker
-    lines the table generator (flows.experiments.render_docs) replaces, once each."""
+    lines the table generator (flows.parameter_docs.render_docs) replaces, once each."""
     lines = (REPO / "docs" / "experiments.md").read_text(encoding="utf-8").splitlines()
     start, end = f"<!-- parameters:{experiment} -->", f"<!-- /parameters:{experiment} -->"
     assert lines.count(start) == 1 and lines.count(end) == 1

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows import experiments
-from flows.experiments import CONVNET, EXPERIMENTS, HOUSING, deployment_problems
+from flows import parameter_docs
+from flows.deployments import deployment_problems
+from flows.experiments import CONVNET, EXPERIMENTS, HOUSING
 from flows.params import parse, parse_overrides
 from flows.space import flow_arguments, parse_fixed, parse_space
 
@@ -109,6 +110,6 @@ def test_prefect_yaml_agrees_with_the_registry():
 def test_docs_parameter_tables_are_generated_from_the_registry():
     page = REPO / "docs" / "experiments.md"
     text = page.read_text()
-    assert experiments.render_docs(text) == text, "run `make docs` to regenerate the tables"
+    assert parameter_docs.render_docs(text) == text, "run `make docs` to regenerate the tables"
     for name in ("housing", "convnet"):
-        assert experiments.parameter_table(EXPERIMENTS[name]) in text
+        assert parameter_docs.parameter_table(EXPERIMENTS[name]) in text

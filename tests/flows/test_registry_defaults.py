@@ -40,7 +40,8 @@ rerun = runner.invoke(app, ["rerun", old, "--set", "seed=3"])
 out["rerun_output"] = rerun.output
 new = re.search(r"is MLflow run (\w+)", rerun.output).group(1)
 out["rerun_epochs"] = client.get_run(new).data.params["epochs"]
-out["yaml"] = experiments.deployment_problems(yaml.safe_load(open(sys.argv[1])))
+from flows.deployments import deployment_problems
+out["yaml"] = deployment_problems(yaml.safe_load(open(sys.argv[1])))
 print("RESULT " + json.dumps(out))
 """
 
