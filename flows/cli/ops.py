@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.errors import friendly_errors, preflight
+from flows.cli.errors import UsageError, friendly_errors, preflight
 from flows.cli.render import console
 
 
@@ -21,8 +21,17 @@ def serve(
 
     Uses PREFECT_API_URL if set (e.g. a server from `mlcore server`), else a temporary local
     server. Ctrl-C stops it."""
-    from flows.deployments import declared_deployments, serve_all
+    from prefect.client.orchestration import get_client
 
+    from flows.deployments import declared_deployments, serve_all
+    from tasks.errors import error_line
+
+    with get_client(sync_client=True) as client:  # refused before anything is listed
+        problem = client.api_healthcheck()
+        if problem is not None:
+            raise ConnectionError(
+                f"cannot reach the Prefect API at {client.api_url}: {error_line(problem)}"
+            )
     for dep in declared_deployments():
         crons = ", ".join(s["cron"] for s in dep.get("schedules") or []) or "on request"
         console.print(f"serving [bold]{dep['full_name']}[/] ({crons})")
@@ -52,6 +61,9 @@ def server(
     """Start the local stack: a Prefect server and an MLflow tracking server, until Ctrl-C."""
     from flows.stack import local_stack
 
+    for option, folder in (("--logs", logs), ("--artifacts", artifacts)):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{option}: {folder} is a file, not a folder")
     _stop_on_sigterm()
     console.print(f"starting the Prefect and MLflow servers (logs in [bold]{logs}[/]) ...")
     with local_stack(
