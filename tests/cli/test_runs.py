@@ -89,6 +89,7 @@ def values_of(experiment) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # the installed mlcore in a subprocess
 def test_runs_in_a_pipe_keep_every_value_whole(experiment, tmp_path):
     """The installed ``mlcore`` script, its output to a pipe, COLUMNS=80."""
     mlcore = Path(sys.executable).parent / "mlcore"

@@ -12,6 +12,7 @@ import sys
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow import MlflowClient
 
 from tasks import tracking
@@ -32,6 +33,7 @@ def _python(code: str, tmp_path, **env) -> str:
     return done.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter that imports MLflow
 def test_importing_tracking_keeps_the_sessions_matplotlib_backend(tmp_path):
     """A backend the user chose stays chosen, and none is chosen for a user who did not."""
     chosen = _python(
@@ -51,6 +53,7 @@ def test_importing_tracking_keeps_the_sessions_matplotlib_backend(tmp_path):
     assert unchosen.split() == ["None"]
 
 
+@pytest.mark.slow  # a fresh interpreter that imports MLflow
 def test_a_figure_is_logged_headless_without_choosing_a_backend(tmp_path):
     """No DISPLAY, no MPLBACKEND: mlcore.vis's figure goes to MLflow as a PNG (and to the
     spool folder the same way), and still no backend has been selected."""
