@@ -164,7 +164,7 @@ def test_regression_plots_change_nothing_process_wide():
 FRESH_PROCESS = """
 import json, sys
 import matplotlib
-from tests.nn.test_vis import _draw_both_plots, _rc_params
+from tests.mlcore.nn.test_vis import _draw_both_plots, _rc_params
 
 backend, before = matplotlib.get_backend(auto_select=False), _rc_params()
 _draw_both_plots()
@@ -181,7 +181,7 @@ def test_regression_plots_leave_an_unchosen_backend_unchosen():
     out = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS],
         env=env,
-        cwd=Path(__file__).parents[2],
+        cwd=Path(__file__).parents[3],
         capture_output=True,
         text=True,
         check=True,
