@@ -91,7 +91,7 @@ BENCH_TORCH := torch==2.13.0
 bench: $(STAMP)
 	$(UV) sync --frozen --inexact --extra bench $(if $(wildcard $(TEST_STAMP)),--extra test)
 	$(BIN)/python -m pip install --quiet '$(BENCH_TORCH)'
-	$(BIN)/python bench/layers.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.layers $(BENCH_ARGS)
 
 ## make docs: regenerate docs/experiments.md's parameter tables from flows/experiments.py
 docs: $(STAMP)

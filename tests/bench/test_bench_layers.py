@@ -1,15 +1,20 @@
-"""bench/layers.py's harness: a worker's threads are idle before the next worker is timed, and
-a quick run writes its results (no PyTorch needed)."""
+"""The harness of ``python -m bench.layers``: a worker's threads are idle before the next worker
+is timed, and a quick run writes its results (no PyTorch needed)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import bench.layers
+from bench.layers.cli import parse_args
+from bench.layers.processes import MACHINE_PINS
+from bench.layers.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [
@@ -21,18 +26,31 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def layers():
-    spec = importlib.util.spec_from_file_location("bench_layers", ROOT / "bench" / "layers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_nothing_before_a_workers_settings_imports_numpy():
+    # a worker applies its settings (OMP_*, OPENBLAS_*) in main(), before it imports numpy:
+    # nothing on the way to main() may import it first
+    code = (
+        "import sys, bench.layers.__main__; print(sorted({'numpy', 'mlcore'} & set(sys.modules)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == "[]"
 
 
-def test_a_hand_over_waits_for_the_previous_workers_spinning_blas_thread(layers, monkeypatch):
+def test_help_shows_the_packages_docstring():
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.layers", "--help"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert proc.stdout.startswith("usage: python -m bench.layers [-h]")
+    assert bench.layers.__doc__.strip() in proc.stdout
+
+
+def test_a_hand_over_waits_for_the_previous_workers_spinning_blas_thread(monkeypatch):
     # OpenBLAS's own default: its helper thread spins about 0.1 s after a GEMM
     monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "28")
-    worker = layers.Worker("mlcore", layers.parse_args(["--threads", "2"]))
+    worker = Worker("mlcore", parse_args(["--threads", "2"]))
     try:
         case = "conv 7x7 s1 p3, x(50,3,32,32) w(32,3,7,7) fwd"
         assert "gemm" in worker.offers[case]
@@ -49,13 +67,12 @@ def test_a_hand_over_waits_for_the_previous_workers_spinning_blas_thread(layers,
 
 
 def test_a_quick_run_writes_its_table_and_the_idle_waits(tmp_path):
-    import subprocess
-
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "layers.py"), "--quick", "--no-naive",
-         "--no-torch", "--only", "pool 2x2 s2, x(100", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
+        [sys.executable, "-m", "bench.layers", "--quick", "--no-naive", "--no-torch",
+         "--only", "pool 2x2 s2, x(100", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "layers.json").read_text())
@@ -73,8 +90,6 @@ def test_a_quick_run_writes_its_table_and_the_idle_waits(tmp_path):
 
 def openblas_architecture(env: dict[str, str]) -> str:
     """The kernel numpy's OpenBLAS picks in a fresh process with environment ``env``."""
-    import subprocess
-
     code = (
         "import numpy, threadpoolctl; print(next(d['architecture'] for d in "
         "threadpoolctl.threadpool_info() if d['internal_api'] == 'openblas'))"
@@ -85,25 +100,25 @@ def openblas_architecture(env: dict[str, str]) -> str:
     return proc.stdout.strip()
 
 
-def test_no_worker_inherits_the_openblas_pin_and_plain_sets_nothing(layers, monkeypatch):
+def test_no_worker_inherits_the_openblas_pin_and_plain_sets_nothing(monkeypatch):
     # a pin OpenBLAS honours here, unlike this CPU's own choice (Haswell kernels or newer)
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Nehalem")
     monkeypatch.setenv("OPENBLAS_L2_SIZE", "512")
     for var in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     assert openblas_architecture(dict(os.environ)) == "Nehalem"  # the pin takes effect
-    unpinned = {k: v for k, v in os.environ.items() if k not in layers.MACHINE_PINS}
+    unpinned = {k: v for k, v in os.environ.items() if k not in MACHINE_PINS}
     own_choice = openblas_architecture(unpinned)
     infos = {}
     for kind in ("mlcore", "plain"):
-        worker = layers.Worker(kind, layers.parse_args(["--threads", "2"]))
+        worker = Worker(kind, parse_args(["--threads", "2"]))
         try:
             infos[kind] = worker.ask(cmd="info")
         finally:
             worker.close()
     for kind, info in infos.items():
         assert info["machine_pins"] == {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
-        assert not set(layers.MACHINE_PINS) & set(info["env"])
+        assert not set(MACHINE_PINS) & set(info["env"])
         assert info["openblas_architecture"] == own_choice != "Nehalem", kind
     # the mlcore worker sets what mlcore's entry points set; the plain one sets nothing
     assert infos["mlcore"]["env"]["OMP_WAIT_POLICY"] == "passive"
@@ -113,3 +128,20 @@ def test_no_worker_inherits_the_openblas_pin_and_plain_sets_nothing(layers, monk
     )
     # the parent (this test's process) keeps its environment
     assert os.environ["OPENBLAS_CORETYPE"] == "Nehalem" and os.environ["OPENBLAS_L2_SIZE"] == "512"
+
+
+def test_an_mlcore_path_is_where_the_workers_import_mlcore_from_wherever_the_parent_runs(
+    monkeypatch, tmp_path
+):
+    # another checkout (here: a directory holding this one's mlcore), given relative to a
+    # parent that runs outside the repository
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mlcore").symlink_to(ROOT / "mlcore", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    for kind in ("mlcore", "plain", "naive"):
+        worker = Worker(kind, parse_args(["--mlcore-path", "other"]))
+        try:
+            info = worker.ask(cmd="info")
+        finally:
+            worker.close()
+        assert info["mlcore"] == str(tmp_path / "other" / "mlcore"), kind
