@@ -43,7 +43,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 # Importing this module changes nothing in the process (no environment variable, thread pool
 # or warning filter). The kernels' OpenMP threads alternate with numpy's OpenBLAS threads, and
 # OpenMP threads that spin after a parallel region take the cores the next GEMM needs: the
-# entry points (the CLI, bench/layers.py's mlcore worker) set OMP_WAIT_POLICY=passive before
+# entry points (the CLI, bench.layers' mlcore worker) set OMP_WAIT_POLICY=passive before
 # anything loads libgomp; see docs/fast-layers.md.
 try:  # the compiled kernels
     from mlcore.nn import _fast
