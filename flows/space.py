@@ -8,6 +8,7 @@ alpha=1,10``, or ``--param alphas=1,10``: each trial fits ``alphas=[1.0]`` or ``
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import optuna
@@ -138,3 +139,86 @@ def check_metric(experiment: str, metric: str | None) -> tuple[str, bool]:
 
 def all_choices(space: dict) -> bool:
     return all(isinstance(d, optuna.distributions.CategoricalDistribution) for d in space.values())
+
+
+# ----------------------------------------------------------------------------- samplers
+
+SAMPLERS = ("grid", "random", "tpe")
+
+
+def grid_of(space: dict) -> dict[str, list]:
+    """The grid of a space of choices only (GridSampler's search space)."""
+    ranges = [
+        n
+        for n, d in space.items()
+        if not isinstance(d, optuna.distributions.CategoricalDistribution)
+    ]
+    if ranges:
+        raise ValueError(
+            f"--sampler grid: {ranges[0]} is a range; give a comma list, or use --sampler "
+            "random or tpe"
+        )
+    return {n: list(d.choices) for n, d in space.items()}
+
+
+def make_sampler(
+    name: str, space: dict, seed: int, trials: int = 10
+) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler ``name``, seeded. TPE starts from min(10, trials / 2) random trials
+    (Optuna's default of 10 would leave a 10-trial sweep all random)."""
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid_of(space), seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 2)))
+    raise ValueError(f"--sampler: {name!r} is not one of {', '.join(SAMPLERS)}")
+
+
+def space_to_json(space: dict) -> str:
+    return json.dumps({n: optuna.distributions.distribution_to_json(d) for n, d in space.items()})
+
+
+def space_from_json(text: str) -> dict:
+    return {n: optuna.distributions.json_to_distribution(d) for n, d in json.loads(text).items()}
+
+
+def sweep_config(
+    experiment: str | None,
+    params: list[str] | None,
+    sampler: str | None,
+    trials: int | None,
+    seed: int,
+    metric: str | None,
+    fixed: list[str] | None,
+) -> dict[str, Any]:
+    """A new sweep's settings from the command line's text, validated against the registry
+    (every refusal names its option); what ``hyperparameter_sweep`` takes as ``config``."""
+    if experiment is None:
+        raise ValueError("give the EXPERIMENT to sweep (housing or convnet), or --resume")
+    get_experiment(experiment)
+    space = parse_space(experiment, params or [])
+    sampler = sampler or ("grid" if all_choices(space) else "tpe")
+    make_sampler(sampler, space, seed)  # validates (a grid of ranges is an error)
+    if sampler == "grid":
+        size = 1
+        for dist in space.values():
+            size *= len(dist.choices)
+        if trials is not None and trials > size:
+            raise ValueError(f"--trials: the grid has only {size} points, not {trials}")
+        trials = trials or size
+    metric, _ = check_metric(experiment, metric)
+    return {
+        "experiment": experiment, "space": space_to_json(space), "sampler": sampler,
+        "trials": trials or 10, "seed": seed, "metric": metric,
+        "fixed": parse_fixed(experiment, fixed or [], space),
+    }  # fmt: skip
+
+
+def check_resume_alone(resume: str | None, *given: Any) -> None:
+    """``--resume`` takes the original sweep's settings: refuse any other given."""
+    if resume and any(given):
+        raise ValueError(
+            "--resume: the sweep's settings are the original run's; give only the runner "
+            "options (--runner, --workers, --dask-address)"
+        )

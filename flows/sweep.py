@@ -25,23 +25,17 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.experiments import register_best
 from flows.space import (
-    all_choices,
     check_metric,
+    check_resume_alone,
     flow_arguments,
     get_experiment,
-    parse_fixed,
-    parse_space,
+    make_sampler,
+    space_from_json,
+    sweep_config,
 )
 from tasks import tracking
 from tasks.errors import error_line
-from tasks.sweep import (
-    make_sampler,
-    record_sweep,
-    run_trial,
-    space_from_json,
-    space_to_json,
-    trial_seed,
-)  # fmt: skip
+from tasks.sweep import record_sweep, run_trial, trial_seed
 
 RUNNERS = ("sequential", "threads", "dask")
 TRIALS_FILE = "sweep/trials.json"  # every trial asked so far: number, params, sampler state
@@ -170,34 +164,12 @@ def run_sweep(
     runner_obj, width = task_runner(runner, workers, dask_address)
     # the leaderboard says it all: Optuna's line per told trial is noise on the terminal
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_resume_alone(resume, experiment, params, sampler, trials, metric, set_)
     if resume:
-        if experiment or params or sampler or trials or metric or set_:
-            raise ValueError(
-                "--resume: the sweep's settings are the original run's; give only the runner "
-                "options (--runner, --workers, --dask-address)"
-            )
         config = _sweep_config(resume)
         _check_resumable(resume, config)
     else:
-        if experiment is None:
-            raise ValueError("give the EXPERIMENT to sweep (housing or convnet), or --resume")
-        get_experiment(experiment)
-        space = parse_space(experiment, params or [])
-        sampler = sampler or ("grid" if all_choices(space) else "tpe")
-        make_sampler(sampler, space, seed)  # validates (a grid of ranges is an error)
-        if sampler == "grid":
-            size = 1
-            for dist in space.values():
-                size *= len(dist.choices)
-            if trials is not None and trials > size:
-                raise ValueError(f"--trials: the grid has only {size} points, not {trials}")
-            trials = trials or size
-        metric, _ = check_metric(experiment, metric)
-        config = {
-            "experiment": experiment, "space": space_to_json(space), "sampler": sampler,
-            "trials": trials or 10, "seed": seed, "metric": metric,
-            "fixed": parse_fixed(experiment, set_ or [], space),
-        }  # fmt: skip
+        config = sweep_config(experiment, params, sampler, trials, seed, metric, set_)
     sweep = hyperparameter_sweep.with_options(task_runner=runner_obj)
     return sweep(config=config, runner=runner, width=width or 0, resume_run_id=resume)
 

@@ -5,6 +5,7 @@ imports anything heavy."""
 from __future__ import annotations
 
 import signal
+import sys
 
 # MLflow runs this process created or took over (tasks.tracking.mark_process, child runs), so
 # that a command stopped by a signal or an error can end any of them still RUNNING
@@ -28,10 +29,11 @@ def kill_reason(exc: BaseException | None) -> str | None:
         return str(exc)
     if isinstance(exc, KeyboardInterrupt):
         return "killed by SIGINT"
-    try:
-        from prefect.exceptions import TerminationSignal
-    except ImportError:  # pragma: no cover - prefect is a dependency
+    # only Prefect raises it: if Prefect was never imported, ``exc`` is not one (and a refused
+    # option is reported without seconds of importing Prefect)
+    prefect_exceptions = sys.modules.get("prefect.exceptions")
+    if prefect_exceptions is None:
         return None
-    if isinstance(exc, TerminationSignal):
+    if isinstance(exc, prefect_exceptions.TerminationSignal):
         return f"killed by {signal.Signals(exc.signal).name}"
     return None

@@ -24,46 +24,6 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
 
-SAMPLERS = ("grid", "random", "tpe")
-
-
-def grid_of(space: dict) -> dict[str, list]:
-    """The grid of a space of choices only (GridSampler's search space)."""
-    ranges = [
-        n
-        for n, d in space.items()
-        if not isinstance(d, optuna.distributions.CategoricalDistribution)
-    ]
-    if ranges:
-        raise ValueError(
-            f"--sampler grid: {ranges[0]} is a range; give a comma list, or use --sampler "
-            "random or tpe"
-        )
-    return {n: list(d.choices) for n, d in space.items()}
-
-
-def make_sampler(
-    name: str, space: dict, seed: int, trials: int = 10
-) -> optuna.samplers.BaseSampler:
-    """Optuna's sampler ``name``, seeded. TPE starts from min(10, trials / 2) random trials
-    (Optuna's default of 10 would leave a 10-trial sweep all random)."""
-    if name == "grid":
-        return optuna.samplers.GridSampler(grid_of(space), seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, trials // 2)))
-    raise ValueError(f"--sampler: {name!r} is not one of {', '.join(SAMPLERS)}")
-
-
-def space_to_json(space: dict) -> str:
-    return json.dumps({n: optuna.distributions.distribution_to_json(d) for n, d in space.items()})
-
-
-def space_from_json(text: str) -> dict:
-    return {n: optuna.distributions.json_to_distribution(d) for n, d in json.loads(text).items()}
-
-
 # ----------------------------------------------------------------------------- trials
 
 

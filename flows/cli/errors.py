@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 import threading
 
 import typer
@@ -42,12 +43,12 @@ def friendly_errors(fn):
                 status = RunStatus.KILLED if reason else RunStatus.FAILED
                 end_own_runs(owned, reason or error_line(exc), status)
             if isinstance(exc, _user_errors()):
-                import httpx
-
                 from tasks.errors import error_line
 
                 line = error_line(exc)
-                if isinstance(exc, httpx.TransportError | ConnectionRefusedError):
+                httpx = sys.modules.get("httpx")
+                transport = (httpx.TransportError,) if httpx is not None else ()
+                if isinstance(exc, (*transport, ConnectionRefusedError)):
                     from prefect.settings import PREFECT_API_URL
 
                     if PREFECT_API_URL.value():
@@ -66,12 +67,15 @@ def friendly_errors(fn):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """The errors a user can cause (imported when one happens: the CLI starts its work, and the
-    temporary Prefect server, before it imports MLflow)."""
-    import httpx
-    from mlflow.exceptions import MlflowException
-
-    return (ValueError, ArithmeticError, OSError, RuntimeError, MlflowException, httpx.HTTPError)
+    """The errors a user can cause. MLflow's and httpx's are among them only once those
+    libraries were imported (an error of theirs cannot happen before): a mistake refused before
+    any work is reported at once, without seconds of importing them."""
+    errors: tuple[type[BaseException], ...] = (ValueError, ArithmeticError, OSError, RuntimeError)
+    if (mlflow_exceptions := sys.modules.get("mlflow.exceptions")) is not None:
+        errors += (mlflow_exceptions.MlflowException,)
+    if (httpx := sys.modules.get("httpx")) is not None:
+        errors += (httpx.HTTPError,)
+    return errors
 
 
 def _catch_signals():

@@ -13,7 +13,6 @@ from flows.cli.render import console, print_table
 
 
 @friendly_errors
-@preflight(flows=True)
 def sweep(
     experiment: Annotated[
         str | None, typer.Argument(help="housing or convnet (not with --resume).")
@@ -67,13 +66,22 @@ def sweep(
     ] = None,
 ) -> None:
     """Sweep an experiment's hyper-parameters with Optuna; one MLflow child run per trial."""
+    from flows.space import check_resume_alone, sweep_config
+
+    # the command line's mistakes are refused first, before any server starts
+    check_resume_alone(resume, experiment, param, sampler, trials, metric, set_)
+    if not resume:
+        sweep_config(experiment, param, sampler, trials, seed, metric, set_)
+    _run(experiment, param, sampler, trials, seed, metric, set_, runner, workers,
+         dask_address, resume)  # fmt: skip
+
+
+@preflight(flows=True)
+def _run(*arguments) -> None:
     from flows.sweep import SweepIncomplete, run_sweep
 
     try:
-        result = run_sweep(
-            experiment, param, sampler, trials, seed, metric, set_, runner, workers,
-            dask_address, resume,
-        )  # fmt: skip
+        result = run_sweep(*arguments)
     except SweepIncomplete as exc:
         show_sweep_result(exc.result, last_line=False)
         raise

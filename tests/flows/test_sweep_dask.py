@@ -233,7 +233,10 @@ def test_a_killed_worker_loses_its_trial_and_resume_finishes_it(
                 "attributes.status = 'RUNNING'",
             )
             pids = {p.pid: p for p in cluster.workers}
-            for r in (r for r in running if "mlcore.worker" in r.data.tags):
+            # a trial under way: its run has its tags and its params (the seed among them)
+            under_way = (r for r in running
+                         if "mlcore.worker" in r.data.tags and "seed" in r.data.params)  # fmt: skip
+            for r in under_way:
                 pid = int(r.data.tags["mlcore.worker"].rsplit(":", 1)[1])
                 if pid in pids:
                     victim, lost_trial = pids[pid], int(r.data.tags["mlcore.trial"])
