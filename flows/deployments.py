@@ -21,12 +21,24 @@ def declared_deployments(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
     how Prefect names a deployment)."""
     from prefect.flows import load_flow_from_entrypoint
 
-    spec = yaml.safe_load(path.read_text())
+    spec = read_spec(path)
     out = []
     for dep in spec.get("deployments", []):
         flow = load_flow_from_entrypoint(str(PROJECT_DIR / dep["entrypoint"]))
         out.append({**dep, "flow": flow, "full_name": f"{flow.name}/{dep['name']}"})
     return out
+
+
+def read_spec(path: Path) -> dict[str, Any]:
+    """A prefect.yaml, parsed; a file that is not one is refused in one line naming it."""
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"{path}: not a readable prefect.yaml ({reason})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("deployments"), list):
+        raise ValueError(f"{path}: no 'deployments' list")
+    return spec
 
 
 def serve_all(path: Path = PREFECT_YAML, limit: int | None = None) -> None:
@@ -86,11 +98,11 @@ def run_on_server(name: str, sets: list[str], wait: bool, timeout: float):
     return run_deployment(name, parameters=parameters, timeout=timeout if wait else 0)
 
 
-def deployment_problems(config: Mapping) -> list[str]:
+def deployment_problems(config: Mapping, defaults: bool = True) -> list[str]:
     """What in a parsed ``prefect.yaml`` disagrees with the registry: a deployment of an
-    unknown entrypoint, a parameter its flow does not have, a value that does not parse, or a
-    value that differs from the registry's default (a deployment restating a default must
-    restate the current one)."""
+    unknown entrypoint, a parameter its flow does not have, a value that does not parse, or
+    (with ``defaults``, for the project's own file) a value that differs from the registry's
+    default (a deployment restating a default must restate the current one)."""
     entry = {e.entrypoint: e for e in EXPERIMENTS.values()}
     problems = []
     for dep in config.get("deployments") or []:
@@ -108,6 +120,8 @@ def deployment_problems(config: Mapping) -> list[str]:
                 validate(param, value, f"{where}: {key}")
             except ValueError as exc:
                 problems.append(str(exc))
+                continue
+            if not defaults:
                 continue
             default, dataset = param.default, None
             if default is None and param.per_dataset is not None and value is not None:

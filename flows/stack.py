@@ -277,32 +277,36 @@ TEMPORARY_SERVER_SETTINGS = {
 }
 
 
-def start_temporary_prefect_server() -> Server:
+def start_temporary_prefect_server(scheduler: bool = False) -> Server:
     """``prefect server start`` on a free loopback port for this process's flows: in its own
     process group, tied to this process (``tie``, ``die_with_parent``), its output in a scratch
     folder removed by ``stop``. Its database is the one Prefect's own temporary server would
     use (``PREFECT_HOME``'s, or ``PREFECT_SERVER_DATABASE_CONNECTION_URL``), so the runs stay
-    visible to a later ``prefect server start``. Not waited for: see ``wait_healthy``."""
+    visible to a later ``prefect server start``. With ``scheduler`` (``mlcore serve``), all of
+    Prefect's services run, the scheduler and the late-runs marker among them: the served
+    deployments' schedules create their flow runs. Not waited for: see ``wait_healthy``."""
     host, port = "127.0.0.1", free_port()
-    env = {**os.environ, **TEMPORARY_SERVER_SETTINGS}
+    env = {**os.environ, **({} if scheduler else TEMPORARY_SERVER_SETTINGS)}
     env.pop("PREFECT_API_URL", None)
     scratch = Path(tempfile.mkdtemp(prefix="mlcore-prefect-server-"))
     cmd = [
         sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port),
-        "--no-ui", "--analytics-off", "--no-scheduler", "--no-late-runs", "--log-level", "WARNING",
+        "--no-ui", "--analytics-off", "--log-level", "WARNING",
+        *([] if scheduler else ["--no-scheduler", "--no-late-runs"]),
     ]  # fmt: skip
     log = scratch / "prefect-server.log"
     proc = _spawn("prefect", cmd, env, log)
     url = f"http://{host}:{port}/api"
-    return Server("temporary Prefect server", url, f"{url}/health", proc, log, env, tie(proc),
-                  scratch=scratch)  # fmt: skip
+    name = "local Prefect server" if scheduler else "temporary Prefect server"
+    return Server(name, url, f"{url}/health", proc, log, env, tie(proc), scratch=scratch)
 
 
-def own_prefect_server() -> Server | None:
+def own_prefect_server(scheduler: bool = False) -> Server | None:
     """Start the Prefect API server this process's flows report to, one that dies with it, and
     point this process at it (``PREFECT_API_URL``); returns it, not yet answering (call its
     ``wait_healthy`` before the first flow), or None when Prefect's settings already name an
-    API (``PREFECT_API_URL`` in the environment, a profile, a ``prefect.toml``).
+    API (``PREFECT_API_URL`` in the environment, a profile, a ``prefect.toml``). ``scheduler``:
+    with Prefect's scheduler and late-runs services (``start_temporary_prefect_server``).
 
     Without an API URL, Prefect 3 would start a temporary server itself the first time a flow
     needs one, as an ordinary child stopped only by an ``atexit`` hook: it outlives a parent
@@ -317,7 +321,7 @@ def own_prefect_server() -> Server | None:
     imported = "prefect" in sys.modules
     if imported and _configured_api_url():
         return None
-    server = start_temporary_prefect_server()
+    server = start_temporary_prefect_server(scheduler)
     if not imported and _configured_api_url():
         server.stop(5.0)
         return None

@@ -109,11 +109,11 @@ def _catch_signals():
     return restore
 
 
-def preflight(flows: bool = False):
+def preflight(flows: bool = False, scheduler: bool = False):
     """Before a command's work: one short check of the MLflow tracking store (a few seconds,
     not MLflow's minutes of retries); with ``flows``, the temporary Prefect server the
-    command's flows report to, one that dies with it (``flows.stack.own_prefect_server``),
-    started first and waited for last."""
+    command's flows report to, one that dies with it (``flows.stack.own_prefect_server``; with
+    ``scheduler``, one that runs schedules), started first and waited for last."""
 
     def decorate(fn):
         @functools.wraps(fn)
@@ -122,7 +122,7 @@ def preflight(flows: bool = False):
             if flows:  # first: the server starts while the rest is imported
                 from flows.stack import own_prefect_server
 
-                server = own_prefect_server()
+                server = own_prefect_server(scheduler)
             check_tracking_store()
             if server is not None:
                 server.wait_healthy()

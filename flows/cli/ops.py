@@ -13,14 +13,34 @@ from flows.cli.render import console
 
 
 @friendly_errors
-@preflight(flows=True)
 def serve(
     limit: Annotated[int | None, typer.Option(help="Most flow runs at once.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            help="The prefect.yaml whose deployments to serve (default: the project's). "
+            "Entrypoints are read from the project's folder.",
+        ),
+    ] = None,
 ) -> None:
     """Run every deployment's schedule from prefect.yaml in this process (no work pool).
 
-    Uses PREFECT_API_URL if set (e.g. a server from `mlcore server`), else a temporary local
-    server. Ctrl-C stops it."""
+    Uses PREFECT_API_URL if set (e.g. a server from `mlcore server`), else starts a local
+    Prefect server with its scheduler, stopped with this command. Ctrl-C stops it."""
+    from flows.deployments import PREFECT_YAML, deployment_problems, read_spec
+
+    path = file or PREFECT_YAML
+    if not path.is_file():
+        raise UsageError(f"--file: {path} is not a file")
+    problems = deployment_problems(read_spec(path), defaults=False)
+    if problems:
+        raise UsageError(f"--file: {path}: {problems[0]}")
+    _serve(path, limit)
+
+
+@preflight(flows=True, scheduler=True)
+def _serve(path: Path, limit: int | None) -> None:
     from prefect.client.orchestration import get_client
 
     from flows.deployments import declared_deployments, serve_all
@@ -32,10 +52,13 @@ def serve(
             raise ConnectionError(
                 f"cannot reach the Prefect API at {client.api_url}: {error_line(problem)}"
             )
-    for dep in declared_deployments():
+        api_url = client.api_url
+    deployments = declared_deployments(path)
+    for dep in deployments:
         crons = ", ".join(s["cron"] for s in dep.get("schedules") or []) or "on request"
         console.print(f"serving [bold]{dep['full_name']}[/] ({crons})")
-    serve_all(limit=limit)
+    console.print(f"Prefect API: {api_url}")
+    serve_all(path, limit=limit)
 
 
 @friendly_errors

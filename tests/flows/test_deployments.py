@@ -193,40 +193,67 @@ def _experiment_id(url: str, name: str) -> str:
         return json.loads(r.read())["experiment"]["experiment_id"]
 
 
-def test_mlcore_serve_registers_every_schedule(tmp_path):
-    """`mlcore serve` against a real server: every deployment of prefect.yaml appears, served
-    by this process (no work pool) with its schedule."""
-    with local_stack(logs=tmp_path / "logs", home=tmp_path / "prefect-home",
-                     mlflow_backend=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                     artifacts=tmp_path / "artifacts") as (prefect_srv, _):  # fmt: skip
-        env = {
-            **os.environ,
-            "PREFECT_API_URL": prefect_srv.url,
-            "PREFECT_HOME": str(tmp_path / "ph"),
-        }
-        log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 (closed below)
+def test_mlcore_serve_alone_runs_an_every_minute_schedule(tmp_path):
+    """`mlcore serve` with no Prefect server of the user's: it starts one with its scheduler,
+    serves every deployment of the file it is given (no work pool), and a schedule due every
+    minute produces a COMPLETED flow run whose MLflow run is FINISHED. SIGTERM stops both."""
+    import yaml
+    from mlflow import MlflowClient
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    gradcheck = next(d for d in spec["deployments"] if d["name"] == "daily")
+    gradcheck["schedules"] = [{"cron": "* * * * *", "timezone": "UTC"}]
+    gradcheck["parameters"]["layers"] = ["affine", "relu"]
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(spec))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env |= {"PREFECT_HOME": str(tmp_path / "ph"), "MLFLOW_TRACKING_URI": store}
+    out = tmp_path / "serve.log"
+    with open(out, "wb") as log:
         serve = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve"], env=env, cwd=REPO,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [str(BIN / "mlcore"), "serve", "--file", str(tmp_path / "prefect.yaml")], env=env,
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
-            deadline, by_name = time.monotonic() + 120, {}
-            while time.monotonic() < deadline and len(by_name) < len(EXPECTED):
-                time.sleep(1)
-                flows = {
-                    f["id"]: f["name"] for f in post_json(f"{prefect_srv.url}/flows/filter", {})
+            deadline = time.monotonic() + 180
+            while "Prefect API: http" not in out.read_text():
+                assert serve.poll() is None and time.monotonic() < deadline, out.read_text()
+                time.sleep(0.5)
+            api = out.read_text().split("Prefect API: ")[1].split()[0].rstrip("/")
+            port = int(api.split(":")[2].split("/")[0])
+            deadline, by_name, done = time.monotonic() + 240, {}, []
+            while not done:
+                assert serve.poll() is None and time.monotonic() < deadline, out.read_text()
+                time.sleep(2)
+                flows = {f["id"]: f["name"] for f in post_json(f"{api}/flows/filter", {})}
+                by_name = {
+                    f"{flows[d['flow_id']]}/{d['name']}": d
+                    for d in post_json(f"{api}/deployments/filter", {})
                 }
-                deployments = post_json(f"{prefect_srv.url}/deployments/filter", {})
-                by_name = {f"{flows[d['flow_id']]}/{d['name']}": d for d in deployments}
+                if "gradient_check/daily" in by_name:
+                    runs = post_json(f"{api}/flow_runs/filter", {
+                        "deployments": {"id": {"any_": [by_name["gradient_check/daily"]["id"]]}},
+                    })  # fmt: skip
+                    done = [r for r in runs if r["state"]["type"] == "COMPLETED"]
+                    assert not [r for r in runs if r["state"]["type"] in ("FAILED", "CRASHED")]
+            os.kill(serve.pid, signal.SIGTERM)
+            serve.wait(60)
         finally:
-            Server("serve", "", "", serve, tmp_path / "serve.log").stop()
-            log.close()
-        assert set(by_name) == set(EXPECTED), (tmp_path / "serve.log").read_text()[-2000:]
-        for name, cron in EXPECTED.items():
-            assert [s["schedule"]["cron"] for s in by_name[name]["schedules"]] == (
-                [cron] if cron else []
-            )
-            assert by_name[name]["work_pool_name"] is None
+            Server("serve", "", "", serve, out).stop()
+    # every deployment of the file is served by the process, with the file's schedules
+    crons = {n: [s["schedule"]["cron"] for s in d["schedules"]] for n, d in by_name.items()}
+    assert crons == {**{n: [c] if c else [] for n, c in EXPECTED.items()},
+                     "gradient_check/daily": ["* * * * *"]}  # fmt: skip
+    assert all(d["work_pool_name"] is None for d in by_name.values())
+    assert done[0]["auto_scheduled"] is True
+    client = MlflowClient(store)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("gradcheck").experiment_id],
+        f"tags.`prefect.flow_run_id` = '{done[0]['id']}'",
+    )
+    assert run.info.status == "FINISHED" and run.data.params["layers"] == "affine,relu"
+    with socket.socket() as s:  # its Prefect server stopped with it
+        assert s.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_mlcore_server_starts_both_servers_on_loopback_and_stops_them(tmp_path):
