@@ -73,7 +73,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (ValueError, ArithmeticError, OSError, RuntimeError)
     if (mlflow_exceptions := sys.modules.get("mlflow.exceptions")) is not None:
         errors += (mlflow_exceptions.MlflowException,)
-    if (httpx := sys.modules.get("httpx")) is not None:
+    if "httpx" in sys.modules:
+        import httpx
+
         errors += (httpx.HTTPError,)
     return errors
 
