@@ -12,10 +12,11 @@ openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
 extra_compile = ["-O3", "-ffp-contract=off", "-fno-math-errno", *openmp]
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 directives = {"language_level": 3, "boundscheck": False, "wraparound": False, "cdivision": True}
-if os.environ.get(
-    "MLCORE_BOUNDSCHECK"
-):  # a checked build for the tests that look for stray reads/writes
+if os.environ.get("MLCORE_BOUNDSCHECK"):
+    # a checked build for the tests that look for stray reads/writes: bounds checks on, and
+    # no optimisation (the C compiler takes 10 s instead of 35 s, and keeps every access)
     directives.update(boundscheck=True, wraparound=True)
+    extra_compile[0] = "-O0"
 
 extensions = [
     Extension(
