@@ -17,12 +17,22 @@ def client() -> MlflowClient:
     return MlflowClient()
 
 
+# MLflow's UI opens an experiment by its kind: without one it guesses, and a fresh store's
+# experiments land on the GenAI overview (traces, token usage). mlcore's are model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(name: str) -> str:
+    """The id of experiment ``name``, created as model training (``EXPERIMENT_KIND``) if
+    missing; an existing one without a kind gets it (a kind set by someone else stays)."""
     exp = client().get_experiment_by_name(name)
     if exp is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in exp.tags:
+                client().set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     try:
-        return client().create_experiment(name)
+        return client().create_experiment(name, tags=EXPERIMENT_KIND)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
         return client().get_experiment_by_name(name).experiment_id
 

@@ -132,3 +132,19 @@ def test_old_checkpoints_are_deleted_from_a_local_artifact_store(mlflow_store, t
     assert [c["epoch"] for c in kept] == [2, 3]
     local = tracking.download_checkpoint(run_id, kept[-1], tmp_path / "back")
     assert int(np.load(local)["epoch"]) == 3
+
+
+def test_experiments_are_model_training_for_the_mlflow_ui(mlflow_store):
+    """A new experiment is created with MLflow's kind tag (the UI then opens on its runs, not
+    on the GenAI overview); one made without a kind gets it; a kind set by a user stays."""
+    client = MlflowClient()
+    kind = "mlflow.experimentKind"
+    new = client.get_experiment(tracking.experiment_id("housing"))
+    assert new.tags[kind] == "custom_model_development"
+    old = client.create_experiment("convnet")
+    assert kind not in client.get_experiment(old).tags
+    assert tracking.experiment_id("convnet") == old
+    assert client.get_experiment(old).tags[kind] == "custom_model_development"
+    mine = client.create_experiment("gradcheck", tags={kind: "genai_development"})
+    assert tracking.experiment_id("gradcheck") == mine
+    assert client.get_experiment(mine).tags[kind] == "genai_development"
