@@ -35,7 +35,7 @@ from flows.space import (
 )
 from tasks import tracking
 from tasks.errors import error_line
-from tasks.sweep import record_sweep, run_trial, trial_seed
+from tasks.sweep import record_sweep, run_trial, trial_name, trial_seed
 
 RUNNERS = ("sequential", "threads", "dask")
 TRIALS_FILE = "sweep/trials.json"  # every trial asked so far: number, params, sampler state
@@ -284,7 +284,7 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
             futures = [
                 run_trial.submit(exp.flow, flow_arguments(exp, rec["params"], config["fixed"]),
                                  exp.reported, exp.baseline_metric, config["seed"], rec["number"],
-                                 run_id, uri)
+                                 run_id, uri, trial_name(rec["number"], rec["params"]))
                 for rec in batch
             ]  # fmt: skip
             for rec, future in zip(batch, futures, strict=True):

@@ -33,6 +33,14 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0] >> 1)
 
 
+def trial_name(number: int, params: dict[str, Any]) -> str:
+    """The trial's MLflow run name, what it is: ``trial 3: lr=0.003 reg=0``."""
+    shown = " ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+    return f"trial {number}: {shown}" if shown else f"trial {number}"
+
+
 def worker_id() -> str:
     """``host:pid`` of the process training the trial."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -48,6 +56,7 @@ def run_trial(
     number: int,
     parent_run_id: str,
     tracking_uri: str,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Run trial ``number``: the flow ``module:function`` with ``arguments``, the trial's seed,
     nested under the sweep's run and without registering, wherever the task runner puts it (a
@@ -58,11 +67,12 @@ def run_trial(
 
     tracking.use_tracking_uri(tracking_uri)
     seed = trial_seed(sweep_seed, number)
-    module, _, name = flow.partition(":")
-    flow_fn = getattr(importlib.import_module(module), name)
+    module, _, function = flow.partition(":")
+    flow_fn = getattr(importlib.import_module(module), function)
     # the Prefect API this task reports to: the parent's, never a server of the worker's own
     tags = {"mlcore.trial": str(number), "mlcore.worker": worker_id(),
-            "mlcore.prefect_api_url": PREFECT_API_URL.value() or ""}  # fmt: skip
+            "mlcore.prefect_api_url": PREFECT_API_URL.value() or "",
+            "mlflow.runName": name or f"trial {number}"}  # fmt: skip
     result = flow_fn(
         **arguments, seed=seed, parent_run_id=parent_run_id, run_tags=tags, registry=False
     )

@@ -50,7 +50,9 @@ def parent_run(
         **prefect_run_tags(),
         **(tags or {}),
     }
-    run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=f"{flow}")
+    # a run name given in the tags (a sweep's "trial 3: lr=0.003") wins over the flow's name
+    name = all_tags.get("mlflow.runName", flow)
+    run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=name)
     run_id = run.info.run_id
     try:
         mark_process(run_id)

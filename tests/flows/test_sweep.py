@@ -164,6 +164,10 @@ def test_housing_grid_sweep_is_the_same_sequentially_and_on_threads(
         assert sorted(runs) == [0, 1, 2, 3]
         assert all(r.info.status == "FINISHED" for r in runs.values())
         assert {r.data.tags["mlcore.worker"] for r in runs.values()} == {me}
+        # each trial's run is named for what it is, in the MLflow UI's list
+        assert {r.info.run_name for r in runs.values()} == {
+            f"trial {n}: alpha={float(r.data.params['alphas']):g}" for n, r in runs.items()
+        }
         by_runner[name] = {
             float(r.data.params["alphas"]): (
                 r.data.metrics["best_val_mae"],
