@@ -104,15 +104,15 @@ def server(
             f"Prefect API  {prefect_srv.url}   (UI {prefect_srv.url.removesuffix('/api')})"
         )
         console.print(f"MLflow       {mlflow_srv.url}")
-        if url is None:
-            console.print("alerts: off (give --alert-url or set MLCORE_ALERT_URL)")
-        else:
-            install(url, prefect_srv.url)
         console.print("in another shell:")
         console.print(
             f"  export PREFECT_API_URL={prefect_srv.url} MLFLOW_TRACKING_URI={mlflow_srv.url}"
         )
         try:
+            if url is None:
+                console.print("alerts: off (give --alert-url or set MLCORE_ALERT_URL)")
+            else:
+                install(url, prefect_srv.url)
             while all(s.process.poll() is None for s in (prefect_srv, mlflow_srv)):
                 time.sleep(1)
             dead = next(s for s in (prefect_srv, mlflow_srv) if s.process.poll() is not None)

@@ -54,8 +54,10 @@ REFUSED = {
                               r"cannot reach the Prefect API at http://127\.0\.0\.1:\d+/api"),
     "server-logs-is-a-file": (["server", "--logs", "a-file"], {A_FILE},
                               r"--logs: a-file is a file, not a folder$"),
-    # refused before Prefect is imported
+    # both refused before Prefect is imported
     "alerts-without-url": (["alerts"], set(), r"give --alert-url URL or set MLCORE_ALERT_URL$"),
+    "server-alert-url-not-http": (["server", "--alert-url", "ftp://x"], set(),
+                                  r"--alert-url: 'ftp://x' is not an http:// or https://"),
 }  # fmt: skip
 USAGE = {  # typer's own refusals: exit code 2
     "run-housing-unknown-option": (["run", "housing", "--alpha", "1"], r"No such option: --alpha"),
