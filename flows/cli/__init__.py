@@ -2,17 +2,17 @@
 files with a model, open the MLflow UI, operate the deployments.
 
 One module per command group (``run``, ``sweep``, ``runs``, ``rerun``, ``predict``, ``ui``,
-``ops``), plus ``errors`` (one-line errors, signals), ``render`` (tables) and ``process`` (the
-process's settings). Importing this package changes nothing process-wide and imports neither
-Prefect, MLflow nor numpy: ``main()``, the ``mlcore`` entry point, applies the process's
-settings (``flows.cli.process``) and then runs the command.
+``ops``, ``alerts``), plus ``errors`` (one-line errors, signals), ``render`` (tables) and
+``process`` (the process's settings). Importing this package changes nothing process-wide and
+imports neither Prefect, MLflow nor numpy: ``main()``, the ``mlcore`` entry point, applies the
+process's settings (``flows.cli.process``) and then runs the command.
 """
 
 from __future__ import annotations
 
 import typer
 
-from flows.cli import ops, predict, rerun, runs, sweep, ui
+from flows.cli import alerts, ops, predict, rerun, runs, sweep, ui
 from flows.cli.errors import UsageError, check_tracking_store, friendly_errors, preflight
 from flows.cli.process import set_up_process
 from flows.cli.render import console, err_console, fmt, print_table
@@ -39,6 +39,7 @@ app.command("ui")(ui.ui)
 app.command("serve")(ops.serve)
 app.command("server")(ops.server)
 app.command("trigger")(ops.trigger)
+app.command("alerts")(alerts.alerts)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from flows.cli.alerts import AlertUrl, alert_url, install
 from flows.cli.errors import UsageError, friendly_errors, preflight
 from flows.cli.render import console
 
@@ -80,10 +81,14 @@ def server(
         Path, typer.Option(help="Folder the MLflow server keeps artifacts in.")
     ] = Path("mlartifacts"),
     logs: Annotated[Path, typer.Option(help="Folder of the servers' logs.")] = Path("logs"),
+    alert_url_: AlertUrl = None,
 ) -> None:
-    """Start the local stack: a Prefect server and an MLflow tracking server, until Ctrl-C."""
+    """Start the local stack: a Prefect server and an MLflow tracking server, until Ctrl-C.
+    With --alert-url (or MLCORE_ALERT_URL), installs the alert on failed deployment runs
+    (`mlcore alerts`) once both answer."""
     from flows.stack import local_stack
 
+    url = alert_url(alert_url_)
     for option, folder in (("--logs", logs), ("--artifacts", artifacts)):
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{option}: {folder} is a file, not a folder")
@@ -104,6 +109,10 @@ def server(
             f"  export PREFECT_API_URL={prefect_srv.url} MLFLOW_TRACKING_URI={mlflow_srv.url}"
         )
         try:
+            if url is None:
+                console.print("alerts: off (give --alert-url or set MLCORE_ALERT_URL)")
+            else:
+                install(url, prefect_srv.url)
             while all(s.process.poll() is None for s in (prefect_srv, mlflow_srv)):
                 time.sleep(1)
             dead = next(s for s in (prefect_srv, mlflow_srv) if s.process.poll() is not None)

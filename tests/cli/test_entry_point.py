@@ -54,6 +54,10 @@ REFUSED = {
                               r"cannot reach the Prefect API at http://127\.0\.0\.1:\d+/api"),
     "server-logs-is-a-file": (["server", "--logs", "a-file"], {A_FILE},
                               r"--logs: a-file is a file, not a folder$"),
+    # both refused before Prefect is imported
+    "alerts-without-url": (["alerts"], set(), r"give --alert-url URL or set MLCORE_ALERT_URL$"),
+    "server-alert-url-not-http": (["server", "--alert-url", "ftp://x"], set(),
+                                  r"--alert-url: 'ftp://x' is not an http:// or https://"),
 }  # fmt: skip
 USAGE = {  # typer's own refusals: exit code 2
     "run-housing-unknown-option": (["run", "housing", "--alpha", "1"], r"No such option: --alpha"),
@@ -69,7 +73,11 @@ def mlcore(
     """``mlcore ARGS`` in a fresh folder ``tmp`` with its own MLflow store and PREFECT_HOME;
     stdout and stderr together, as a terminal shows them."""
     tmp.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_API", "MLFLOW_", "MLCORE_ALERT_URL"))
+    }
     store = tmp / "missing" / "mlflow.db" if BAD_STORE in needs else tmp / "mlflow.db"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
     env["PREFECT_HOME"] = str(tmp / "prefect-home")

@@ -1,0 +1,119 @@
+"""Alerts for the deployments' runs: a Prefect automation that posts a message when a flow run
+of an mlcore deployment fails.
+
+Everything lives on the Prefect server: a notification block (``CustomWebhookNotificationBlock``,
+a JSON POST) and an automation whose trigger is a flow run tagged ``mlcore`` (every deployment
+of prefect.yaml carries that tag, and a flow run inherits its deployment's tags) entering
+Failed, Crashed or TimedOut, and whose action sends one message through the block. The server's
+automation services (triggers, actions) send it, so nothing of mlcore needs to run for an alert
+to go out. ``install_alerts`` creates both, or updates them in place: running it again leaves
+one block and one automation.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+ALERT_TAG = "mlcore"
+BLOCK_NAME = "mlcore-alerts"
+AUTOMATION_NAME = "mlcore: a deployment's flow run failed"
+FAILED_STATES = ("Failed", "Crashed", "TimedOut")
+SUBJECT = "mlcore: {{ deployment.name }} {{ flow_run.state.name }}"
+
+# Prefect renders this (Jinja, sandboxed) on the server when the automation fires, with the
+# objects the triggering event names: the flow run (its state taken from the event), its flow
+# and its deployment. ``__UI__`` becomes the link to the flow run's page (``flow_run_link``).
+BODY = """\
+Deployment: {{ flow.name }}/{{ deployment.name }}
+Flow run: {{ flow_run.name }} ({{ flow_run.id }})
+State: {{ flow_run.state.name }}
+Reason: {{ (flow_run.state.message or "no message") | replace("\\n", " ") }}
+Link: __UI__"""
+
+# The webhook's JSON body: a Slack (or Mattermost) incoming webhook takes it as it is.
+WEBHOOK_JSON = {"text": "{{subject}}\n{{body}}"}
+
+
+def flow_run_link() -> str:
+    """The Prefect UI's page of the triggering flow run, as a template: the UI's address is
+    the client's (``PREFECT_UI_URL``, by default PREFECT_API_URL without ``/api``), written
+    in here because the server's ``ui_url`` filter knows no address unless the server itself
+    was given PREFECT_UI_URL (``prefect server start`` is not)."""
+    from prefect.utilities.urls import url_for
+
+    marker = "00000000-0000-0000-0000-000000000000"
+    url = url_for("flow-run", obj_id=marker, url_type="ui")
+    if url is None:
+        raise ValueError("no Prefect UI address: set PREFECT_API_URL (or PREFECT_UI_URL)")
+    return url.replace(marker, "{{ flow_run.id }}")
+
+
+def alert_automation(block_id: UUID):
+    """The automation (not yet saved): a flow run tagged ``mlcore`` entering one of
+    ``FAILED_STATES`` sends one message through the notification block ``block_id``."""
+    from prefect.automations import Automation
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    return Automation(
+        name=AUTOMATION_NAME,
+        description="Posts a message when a flow run of an mlcore deployment fails "
+        "(installed by `mlcore alerts`).",
+        trigger=EventTrigger(
+            expect={f"prefect.flow-run.{state}" for state in FAILED_STATES},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={
+                "prefect.resource.role": "tag",
+                "prefect.resource.id": f"prefect.tag.{ALERT_TAG}",
+            },
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_id,
+                subject=SUBJECT,
+                body=BODY.replace("__UI__", flow_run_link()),
+            )
+        ],
+    )
+
+
+def install_alerts(url: str, api_url: str | None = None) -> UUID:
+    """Create or update, on the Prefect server at ``api_url`` (default: the one this process
+    is configured for, PREFECT_API_URL), the notification block posting to ``url`` and the
+    automation alerting on failed flow runs of mlcore deployments. Returns the automation's
+    id. Idempotent: the block is overwritten, the automation updated in place (and any
+    duplicate of it, made by hand, deleted)."""
+    import contextlib
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"alert URL {url!r} is not an http:// or https:// address")
+    scope = (
+        temporary_settings(updates={PREFECT_API_URL: api_url})
+        if api_url
+        else contextlib.nullcontext()
+    )
+    with scope:
+        if not PREFECT_API_URL.value():
+            raise ValueError(
+                "PREFECT_API_URL is not set: alerts live on a Prefect server "
+                "(mlcore server); export its API address"
+            )
+        block = CustomWebhookNotificationBlock(name=BLOCK_NAME, url=url, json_data=WEBHOOK_JSON)
+        block_id = block.save(BLOCK_NAME, overwrite=True)
+        automation = alert_automation(block_id)
+        with get_client(sync_client=True) as client:
+            existing = client.read_automations_by_name(AUTOMATION_NAME)
+        if not existing:
+            return automation.create().id
+        automation.id = existing[0].id
+        automation.update()
+        for duplicate in existing[1:]:
+            with get_client(sync_client=True) as client:
+                client.delete_automation(duplicate.id)
+        return automation.id

@@ -1,0 +1,142 @@
+"""Alerts for real: a Prefect server (all its services) on a free loopback port, the alerts
+installed by ``mlcore alerts``, the gradient-check deployment served by ``mlcore serve``, one of
+its flow runs made to fail, and the message caught by an HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.alerts import AUTOMATION_NAME, BLOCK_NAME, install_alerts
+from flows.stack import Server, free_port, start_prefect_server
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def receiver():
+    """An HTTP server on a free loopback port recording the JSON body of every POST."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/hook", received
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def wait_for(condition, timeout: float, what: str, *alive: Server):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        for server in alive:
+            assert server.process.poll() is None, f"{server.name} stopped: {server.tail(20)}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.25)
+    return value
+
+
+def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url, received = receiver
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    daily = next(d for d in spec["deployments"] if d["name"] == "daily")
+    daily["schedules"] = []
+    spec["deployments"] = [daily]
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(spec))
+
+    prefect = start_prefect_server(
+        port=free_port(), home=tmp_path / "prefect-home", log=tmp_path / "prefect-server.log"
+    )
+    served = None
+    try:
+        prefect.wait_healthy()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+        env |= {
+            "PREFECT_API_URL": prefect.url,
+            "PREFECT_HOME": str(tmp_path / "client-home"),
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        }
+        serve_log = tmp_path / "serve.log"
+        with open(serve_log, "wb") as out:
+            proc = subprocess.Popen(
+                [str(BIN / "mlcore"), "serve", "--file", str(tmp_path / "prefect.yaml")],
+                env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        served = Server("mlcore serve", "", "", proc, serve_log)
+        installed = subprocess.run(
+            [str(BIN / "mlcore"), "alerts", "--alert-url", url], env=env, cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+        )  # fmt: skip
+        assert installed.returncode == 0, installed.stdout
+        assert f"alerts: failed flow runs of mlcore deployments -> {url}" in installed.stdout
+
+        with temporary_settings(updates={PREFECT_API_URL: prefect.url}):
+            # a second install changes nothing but the block's and automation's contents
+            install_alerts(url)
+            with get_client(sync_client=True) as client:
+                assert len(client.read_automations_by_name(AUTOMATION_NAME)) == 1
+                blocks = client.read_block_documents()
+                assert [b.name for b in blocks if b.name == BLOCK_NAME] == [BLOCK_NAME]
+
+                def deployment():
+                    try:
+                        return client.read_deployment_by_name("gradient_check/daily")
+                    except ObjectNotFound:  # not registered yet
+                        return None
+
+                dep = wait_for(deployment, 120, "deployment served", prefect, served)
+            assert "mlcore" in dep.tags
+            # a layer that does not exist: the flow's gradient check of it fails
+            run = run_deployment(
+                "gradient_check/daily",
+                parameters={"layers": ["nosuch"]},
+                timeout=120,
+                poll_interval=1,
+            )
+        assert run.state.is_failed(), run.state
+        wait_for(lambda: received, 60, "alert message", prefect)
+        time.sleep(3)  # a second message (a duplicate automation or trigger) would come now
+    finally:
+        with ThreadPoolExecutor() as pool:  # both at once: each takes seconds to stop
+            list(pool.map(Server.stop, [s for s in (served, prefect) if s is not None]))
+
+    assert len(received) == 1, received
+    text = received[0]["text"]
+    assert "gradient_check/daily" in text
+    assert f"{run.name} ({run.id})" in text
+    assert "State: Failed" in text
+    reason = run.state.message.replace("\n", " ")
+    assert reason and f"Reason: {reason}" in text
+    assert f"{prefect.url.removesuffix('/api')}/runs/flow-run/{run.id}" in text
