@@ -26,6 +26,8 @@ SUBJECT = "mlcore: {{ deployment.name }} {{ flow_run.state.name }}"
 BODY = """\
 Deployment: {{ flow.name }}/{{ deployment.name }}
 Flow run: {{ flow_run.name }} ({{ flow_run.id }})
+MLflow run: {% for tag in flow_run.tags if tag.startswith("mlflow.run_id=") %}\
+{{ tag[14:] }}{% else %}(none recorded){% endfor %}
 State: {{ flow_run.state.name }}
 Reason: {{ (flow_run.state.message or "no message") | replace("\\n", " ") }}
 Link: __UI__"""

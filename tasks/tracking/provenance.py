@@ -53,3 +53,25 @@ def prefect_run_tags() -> dict[str, str]:
     except Exception:  # noqa: BLE001 - outside a flow there are none
         return {}
     return dict(t.split("=", 1) for t in tags if t.startswith("mlcore.") and "=" in t)
+
+
+MLFLOW_RUN_TAG = "mlflow.run_id="  # a Prefect flow run's tag naming its MLflow run
+
+
+def tag_prefect_flow_run(flow_run_id: str, mlflow_run_id: str) -> None:
+    """Name the MLflow run on the Prefect flow run that made it (tag ``mlflow.run_id=<id>``),
+    so that what reads the flow run (the Prefect UI, an alert: ``flows.alerts``) can name it.
+    Best effort: a Prefect API that cannot be told is no reason to fail the run."""
+    if not flow_run_id:
+        return
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            tags = client.read_flow_run(flow_run_id).tags
+            if f"{MLFLOW_RUN_TAG}{mlflow_run_id}" not in tags:
+                client.update_flow_run(
+                    flow_run_id, tags=[*tags, f"{MLFLOW_RUN_TAG}{mlflow_run_id}"]
+                )
+    except Exception:  # noqa: BLE001 - the run's own record (MLflow) is what matters
+        return

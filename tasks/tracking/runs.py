@@ -22,7 +22,12 @@ from tasks.killed import OWNED, kill_reason
 from tasks.tracking import spool
 from tasks.tracking.logging import log_params, log_text, set_tags
 from tasks.tracking.ownership import ERROR_TAG, mark_process, process_tags
-from tasks.tracking.provenance import git_commit, prefect_flow_run_id, prefect_run_tags
+from tasks.tracking.provenance import (
+    git_commit,
+    prefect_flow_run_id,
+    prefect_run_tags,
+    tag_prefect_flow_run,
+)
 from tasks.tracking.store import client, experiment_id, tracking_store_error
 
 
@@ -54,6 +59,7 @@ def parent_run(
     name = all_tags.get("mlflow.runName", flow)
     run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=name)
     run_id = run.info.run_id
+    tag_prefect_flow_run(all_tags["prefect.flow_run_id"], run_id)
     try:
         mark_process(run_id)
         log_params(run_id, {**flow_params, **(resolved or {})})

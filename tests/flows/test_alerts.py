@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from flows.alerts import AUTOMATION_NAME, BLOCK_NAME, install_alerts
 from flows.stack import Server, free_port, start_prefect_server
@@ -137,6 +138,14 @@ def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
     assert "gradient_check/daily" in text
     assert f"{run.name} ({run.id})" in text
     assert "State: Failed" in text
+    # the MLflow run the failed flow run made, named on it (tag mlflow.run_id=<id>)
+    store = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (mlflow_run,) = store.search_runs(
+        [store.get_experiment_by_name("gradcheck").experiment_id],
+        f"tags.`prefect.flow_run_id` = '{run.id}'",
+    )
+    assert mlflow_run.info.status == "FAILED"
+    assert f"MLflow run: {mlflow_run.info.run_id}\n" in text
     reason = run.state.message.replace("\n", " ")
     assert reason and f"Reason: {reason}" in text
     assert f"{prefect.url.removesuffix('/api')}/runs/flow-run/{run.id}" in text
