@@ -147,20 +147,19 @@ def test_deploy_trigger_and_find_the_run(backends, tmp_path, shared_data):
             assert by_name[name]["work_pool_name"] == "mlcore-local"
         assert by_name["housing_regression/nightly"]["parameters"]["alphas"][0] == 0.0001
 
-        bad = cli(sys.executable, "-m", "flows.cli", "trigger", "nope/nope", check=False)
-        assert bad.returncode == 1 and bad.stderr.strip().startswith(
-            "error: no deployment 'nope/nope'"
-        )
-        bad = cli(sys.executable, "-m", "flows.cli", "trigger", "housing_regression/nightly",
-                  "--set", "nope=1", check=False)  # fmt: skip
-        assert bad.returncode == 1 and "has no parameter 'nope'" in bad.stderr
-
         worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 (closed below)
         worker = subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "-p", "mlcore-local", "--type", "process"],
             env=env, cwd=REPO, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        try:
+        try:  # the refusals first, while the worker starts
+            bad = cli(sys.executable, "-m", "flows.cli", "trigger", "nope/nope", check=False)
+            assert bad.returncode == 1 and bad.stderr.strip().startswith(
+                "error: no deployment 'nope/nope'"
+            )
+            bad = cli(sys.executable, "-m", "flows.cli", "trigger", "housing_regression/nightly",
+                      "--set", "nope=1", check=False)  # fmt: skip
+            assert bad.returncode == 1 and "has no parameter 'nope'" in bad.stderr
             run = cli(
                 sys.executable, "-m", "flows.cli", "trigger", "housing_regression/nightly",
                 "--set", "alphas=1e-4,1.0", "--set", "sgd_lrs=0.01", "--set", "sgd_epochs=[30]",
