@@ -151,21 +151,29 @@ def _log_plots(run_id: str, study: optuna.Study, metric: str) -> None:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
+    # a parameter every finished trial had the same value of says nothing (and its slice plot
+    # would have an empty axis): the plots and importances are of the ones that varied
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    names = list(done[0].params) if done else []
+    varied = [n for n in names if len({repr(t.params.get(n)) for t in done}) > 1]
+    if not varied:
+        tracking.set_tags(run_id, {"importances": "unavailable: no parameter varied"})
+        return
     with warnings.catch_warnings():  # optuna's matplotlib plots are flagged experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        axes = ovm.plot_slice(study, target_name=metric)
+        axes = ovm.plot_slice(study, params=varied, target_name=metric)
         fig = np.ravel(axes)[0].figure
         fig.set_size_inches(4 * max(len(np.ravel(axes)), 1), 4)
         tracking.log_figure(run_id, fig, f"plots/{metric}_vs_params.png")
         plt.close(fig)
         try:
-            importances = optuna.importance.get_param_importances(study)
+            importances = optuna.importance.get_param_importances(study, params=varied)
         except (RuntimeError, ValueError) as exc:  # too few finished trials, nothing varied
             tracking.set_tags(run_id, {"importances": f"unavailable: {exc}"})
             return
         if not importances:
             return
         tracking.log_metrics(run_id, {f"importance.{k}": v for k, v in importances.items()})
-        ax = ovm.plot_param_importances(study, target_name=metric)
+        ax = ovm.plot_param_importances(study, params=varied, target_name=metric)
         tracking.log_figure(run_id, ax.figure, "plots/param_importances.png")
         plt.close(ax.figure)

@@ -135,6 +135,31 @@ def trial_runs(parent_run_id):
 ALPHAS = [1e-4, 1.0, 10.0, 100.0]
 
 
+def test_the_sweeps_plots_leave_out_a_parameter_that_did_not_vary(mlflow_store):
+    """A parameter every trial had the same value of gets no slice plot (an empty axis) and
+    no importance; the ones that varied do, and Optuna warns about nothing."""
+    import warnings
+
+    import optuna
+
+    from tasks import tracking
+    from tasks.sweep import _log_plots
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for a in (0.1, 0.5, 0.9, 0.3):
+        trial = study.ask({"a": optuna.distributions.FloatDistribution(0, 1),
+                           "b": optuna.distributions.CategoricalDistribution([7])})  # fmt: skip
+        study.tell(trial, a * a)
+    with tracking.parent_run("sweeps", "hyperparameter_sweep", {}) as run_id:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            _log_plots(run_id, study, "m")
+    run = MlflowClient().get_run(run_id)
+    assert {k for k in run.data.metrics if k.startswith("importance.")} == {"importance.a"}
+    plots = {a.path for a in MlflowClient().list_artifacts(run_id, "plots")}
+    assert plots == {"plots/m_vs_params.png", "plots/param_importances.png"}
+
+
 def test_housing_grid_sweep_is_the_same_sequentially_and_on_threads(
     prefect_harness, data_env, mlflow_store, housing
 ):
