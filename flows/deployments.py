@@ -41,9 +41,9 @@ def read_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
-def serve_all(path: Path = PREFECT_YAML, limit: int | None = None) -> None:
-    """Run every declared deployment's schedule in this process (``prefect.serve``), no work
-    pool or worker needed. Blocks until interrupted."""
+def serve_all(declared: list[dict[str, Any]], limit: int | None = None) -> None:
+    """Run every deployment of ``declared`` (``declared_deployments``) on its schedule in this
+    process (``prefect.serve``), no work pool or worker needed. Blocks until interrupted."""
     from prefect import serve
     from prefect.schedules import Cron
 
@@ -58,7 +58,7 @@ def serve_all(path: Path = PREFECT_YAML, limit: int | None = None) -> None:
                 for s in dep.get("schedules") or []
             ],
         )
-        for dep in declared_deployments(path)
+        for dep in declared
     ]
     serve(*deployments, limit=limit)
 

@@ -59,7 +59,7 @@ def _serve(path: Path, limit: int | None) -> None:
         crons = ", ".join(s["cron"] for s in dep.get("schedules") or []) or "on request"
         console.print(f"serving [bold]{dep['full_name']}[/] ({crons})")
     console.print(f"Prefect API: {api_url}")
-    serve_all(path, limit=limit)
+    serve_all(deployments, limit=limit)
 
 
 @friendly_errors
