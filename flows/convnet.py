@@ -6,7 +6,7 @@ from prefect import flow
 
 from flows.experiments import CONVNET, nested_tags, register_best
 from mlcore.data import DATASETS
-from mlcore.data.images import class_names
+from mlcore.data.images import class_names, image_shape
 from tasks import tracking
 from tasks.convnet import (
     evaluate_convnet,
@@ -41,6 +41,8 @@ def convnet_training(
     parent_run_id: str | None = None,
     run_tags: dict[str, str] | None = None,
     registry: bool = True,
+    log_model: bool = True,
+    gate: bool = True,
 ) -> dict:
     """load -> gradient gate on a tiny batch -> train with Solver -> evaluate on test -> log
     -> register. Architecture and optimiser parameters left as None take the dataset's
@@ -50,12 +52,20 @@ def convnet_training(
     checkpoint, in that same run; the other arguments must be the ones it was started with.
     ``parent_run_id`` nests the flow's MLflow run under another (a sweep's trial) and
     ``run_tags`` are set on it as it is created; ``registry=False`` leaves the model registry
-    alone."""
+    alone.
+
+    ``log_model=False`` keeps what a sweep's trial needs (parameters, metrics, checkpoints)
+    and skips the model and its plots (tag ``mlcore.model=skipped``); resuming that run later
+    with ``log_model=True`` adds them without training (its last checkpoint is its end).
+    ``gate=False`` skips the gradient gate, for a caller that ran :func:`gate` already on the
+    same dataset and filter size (a sweep gates once for all its trials)."""
     call = dict(locals())
-    for key in ("resume", "parent_run_id", "run_tags", "registry"):
+    for key in ("resume", "parent_run_id", "run_tags", "registry", "log_model", "gate"):
         call.pop(key)
     if resume is not None:
-        recorded = tracking.resumable_params(resume, "convnet_training")
+        recorded = tracking.resumable_params(
+            resume, "convnet_training", finished_if=CONVNET.skipped_model_tag if log_model else None
+        )
         changed = sorted(k for k in {*call, *recorded} if call.get(k) != recorded.get(k))
         if changed:
             raise ValueError(
@@ -78,13 +88,14 @@ def convnet_training(
         path = fetch_dataset(dataset) if dataset in DATASETS else None  # digits ship with sklearn
         data = load_images(dataset, num_train, run_id, path)
         num_classes = len(class_names(dataset))
-        if not training_started(run_id):  # a checkpoint means the gate passed before
+        if gate and not training_started(run_id):  # a checkpoint: the gate passed before
             gradient_gate(
                 data["X_train"].shape[1:], config["filter_size"], num_classes, seed, run_id
             )
         trained = train_convnet(data, num_classes, config, solver_config, seed, run_id)
-        result = evaluate_convnet(trained, data, run_id)
+        result = evaluate_convnet(trained, data, run_id, log_model)
         result["resumed_from_epoch"] = trained["resumed_from_epoch"]
+        result["train_s"] = trained["train_s"]
         result["baseline"] = majority_baseline(data["y_train"], data["y_val"])
         tracking.log_metrics(run_id, {CONVNET.baseline_metric: result["baseline"]})
         result["registered"] = None
@@ -94,6 +105,17 @@ def convnet_training(
                 run_id, result["baseline"],
             )  # fmt: skip
         return result
+
+
+def gate(values: dict, seed: int, run_id: str) -> None:
+    """The gradient gate of the flow's networks for the parameters ``values`` (their dataset's
+    image shape and classes, their filter size), its errors logged to ``run_id``: what each
+    run of the flow with ``gate=True`` checks first. Raises GradientCheckError if it fails."""
+    values = CONVNET.resolve(values)
+    dataset = values["dataset"]
+    gradient_gate(
+        image_shape(dataset), values["filter_size"], len(class_names(dataset)), seed, run_id
+    )
 
 
 def architecture(**values) -> dict:

@@ -109,6 +109,17 @@ class Experiment:
     # model kind from the parameters given)
     trial_defaults: Callable[[Mapping], dict] | None = None
     resumable: bool = False  # the flow can continue an unfinished run (``resume=RUN_ID``)
+    # lean trials: the flow takes ``log_model`` and ``gate``, so a sweep's trial skips its model,
+    # plots and gradient gate. The sweep runs ``gate`` ("module:function(values, seed, run_id)")
+    # once per distinct value of the ``gate_on`` parameters, and adds the best trial's model by
+    # resuming its run, which the flow tagged ``skipped_model_tag`` (name, value)
+    gate: str | None = None
+    gate_on: tuple[str, ...] = ()
+    skipped_model_tag: tuple[str, str] | None = None
+
+    @property
+    def lean_trials(self) -> bool:
+        return self.skipped_model_tag is not None
 
     @property
     def default_metric(self) -> str:
@@ -372,6 +383,9 @@ CONVNET = Experiment(
     # errors of a chance-level rate (0.1) are about 0.045
     margin=0.05,
     resumable=True,
+    gate="flows.convnet:gate",
+    gate_on=("dataset", "filter_size"),
+    skipped_model_tag=("mlcore.model", "skipped"),
 )
 
 GRADCHECK = Experiment(

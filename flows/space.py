@@ -183,6 +183,10 @@ def space_from_json(text: str) -> dict:
     return {n: optuna.distributions.json_to_distribution(d) for n, d in json.loads(text).items()}
 
 
+# which trials log their model and plots: the best one (added when the sweep ends), or all
+LOG_MODELS = ("best", "all")
+
+
 def sweep_config(
     experiment: str | None,
     params: list[str] | None,
@@ -191,9 +195,12 @@ def sweep_config(
     seed: int,
     metric: str | None,
     fixed: list[str] | None,
+    log_models: str = "best",
 ) -> dict[str, Any]:
     """A new sweep's settings from the command line's text, validated against the registry
     (every refusal names its option); what ``hyperparameter_sweep`` takes as ``config``."""
+    if log_models not in LOG_MODELS:
+        raise ValueError(f"--log-models: {log_models!r} is not one of {', '.join(LOG_MODELS)}")
     if experiment is None:
         raise ValueError("give the EXPERIMENT to sweep (housing or convnet), or --resume")
     get_experiment(experiment)
@@ -211,7 +218,7 @@ def sweep_config(
     return {
         "experiment": experiment, "space": space_to_json(space), "sampler": sampler,
         "trials": trials or 10, "seed": seed, "metric": metric,
-        "fixed": parse_fixed(experiment, fixed or [], space),
+        "fixed": parse_fixed(experiment, fixed or [], space), "log_models": log_models,
     }  # fmt: skip
 
 

@@ -14,8 +14,10 @@ trial's MLflow child run themselves (the tracking URI is passed along, made abso
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import statistics
 import time
 from typing import Any
 
@@ -35,7 +37,7 @@ from flows.space import (
 )
 from tasks import tracking
 from tasks.errors import error_line
-from tasks.sweep import record_sweep, run_trial, trial_name, trial_seed
+from tasks.sweep import best_trial, record_sweep, run_trial, trial_name, trial_seed
 
 RUNNERS = ("sequential", "threads", "dask")
 TRIALS_FILE = "sweep/trials.json"  # every trial asked so far: number, params, sampler state
@@ -156,20 +158,24 @@ def run_sweep(
     workers: int | None = None,
     dask_address: str | None = None,
     resume: str | None = None,
+    log_models: str = "best",
 ) -> dict[str, Any]:
     """Validate the command line's sweep (or read a past one's back for ``resume``) and run
-    it as the ``hyperparameter_sweep`` flow on the runner's task runner."""
+    it as the ``hyperparameter_sweep`` flow on the runner's task runner. ``log_models``: "best"
+    (only the best trial's model and plots, added at the end) or "all" (every trial's)."""
     # a user who names a cluster means to use it
     runner = runner or ("dask" if dask_address else "sequential")
     runner_obj, width = task_runner(runner, workers, dask_address)
     # the leaderboard says it all: Optuna's line per told trial is noise on the terminal
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    check_resume_alone(resume, experiment, params, sampler, trials, metric, set_)
+    check_resume_alone(
+        resume, experiment, params, sampler, trials, metric, set_, log_models != "best"
+    )
     if resume:
         config = _sweep_config(resume)
         _check_resumable(resume, config)
     else:
-        config = sweep_config(experiment, params, sampler, trials, seed, metric, set_)
+        config = sweep_config(experiment, params, sampler, trials, seed, metric, set_, log_models)
     sweep = hyperparameter_sweep.with_options(task_runner=runner_obj)
     return sweep(config=config, runner=runner, width=width or 0, resume_run_id=resume)
 
@@ -264,6 +270,11 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
     uri = tracking.tracking_uri()
     api = _api_url()
     incomplete: list[str] = []
+    # lean trials: no model, plots or gradient gate of their own (see Experiment.lean_trials)
+    lean = {"log_model": config.get("log_models") == "all", "gate": False}
+    lean = lean if exp.lean_trials else {}
+    gated: set = set()
+    overheads: list[float] = []  # per trial: submit-to-result minus Solver.train()'s wall time
     start = time.perf_counter()
     # the settings sent with each task name this flow's API: workers report there
     with temporary_settings(updates={PREFECT_API_URL: api}):
@@ -281,14 +292,21 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
                                   "system_attrs": dict(attrs), "optuna": trial})  # fmt: skip
                     asked.append({k: v for k, v in batch[-1].items() if k != "optuna"})
                 tracking.log_json(run_id, asked, TRIALS_FILE)
+            arguments = [flow_arguments(exp, rec["params"], config["fixed"]) for rec in batch]
+            for args in arguments:
+                gated = _gate(exp, args, config["seed"], run_id, gated)
+            submitted = time.perf_counter()
             futures = [
-                run_trial.submit(exp.flow, flow_arguments(exp, rec["params"], config["fixed"]),
-                                 exp.reported, exp.baseline_metric, config["seed"], rec["number"],
-                                 run_id, uri, trial_name(rec["number"], rec["params"]))
-                for rec in batch
+                run_trial.submit(exp.flow, {**args, **lean}, exp.reported, exp.baseline_metric,
+                                 config["seed"], rec["number"], run_id, uri,
+                                 trial_name(rec["number"], rec["params"]))
+                for rec, args in zip(batch, arguments, strict=True)
             ]  # fmt: skip
+            returned = _return_times(futures)
             for rec, future in zip(batch, futures, strict=True):
                 results[rec["number"]] = outcome = _outcome(rec, future)
+                if outcome.get("train_s") is not None:
+                    overheads.append(returned[id(future)] - submitted - outcome["train_s"])
                 value = outcome["metrics"][metric] if outcome["state"] == "COMPLETE" else None
                 if "optuna" in rec:
                     state = (
@@ -302,8 +320,14 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
                 if outcome["state"] == "LOST":
                     incomplete.append(f"trial {rec['number']} was lost ({outcome['error']})")
     wall = time.perf_counter() - start
-    tracking.log_metrics(run_id, {"sweep_wall_s": wall, "trials_run": len(results) - len(done)})
+    timing = {"sweep_wall_s": wall, "trials_run": len(results) - len(done)}
+    if overheads:
+        timing["trial_overhead_s"] = statistics.median(overheads)
+    tracking.log_metrics(run_id, timing)
     ordered = [results[n] for n in sorted(results)]
+    best = best_trial(ordered, metric, higher)
+    if best is not None and best["model_uri"] is None and not incomplete:
+        best["model_uri"] = _add_model(exp, config, best)
     record = record_sweep(run_id, study, ordered, metric, higher)
     result = {
         "run_id": run_id, "metric": metric, "trials": ordered, "best": record["best"],
@@ -324,6 +348,41 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
         tracking.set_tags(run_id, {"failed_trials": ",".join(str(t["number"]) for t in failed)})
     result["registered"] = _register(config, record["best"], metric, run_id)
     return result
+
+
+def _gate(exp, args: dict, seed: int, run_id: str, gated: set) -> set:
+    """Run the experiment's gate for a trial's arguments unless it ran on the same values of
+    ``exp.gate_on`` already (``gated``, returned with them added); its failure fails the sweep
+    before any trial trains."""
+    if not exp.lean_trials or exp.gate is None:
+        return gated
+    values = exp.resolve(args)
+    key = tuple(values[k] for k in exp.gate_on)
+    if key not in gated:
+        module, _, function = exp.gate.partition(":")
+        getattr(importlib.import_module(module), function)(values, seed, run_id)
+    return gated | {key}
+
+
+def _return_times(futures) -> dict[int, float]:
+    """When each future's result came back (perf_counter), by id(future)."""
+    from prefect.futures import as_completed
+
+    returned = {}
+    for future in as_completed(futures):
+        returned[id(future)] = time.perf_counter()
+    return returned
+
+
+def _add_model(exp, config: dict, best: dict) -> str:
+    """The best trial's model and plots, added to its run by resuming it with
+    ``log_model=True`` (no training: its last checkpoint is its end). Returns the model URI."""
+    args = flow_arguments(exp, best["params"], config["fixed"])
+    result = exp.load_flow()(
+        **args, seed=best["seed"], resume=best["run_id"], registry=False, log_model=True
+    )
+    tracking.set_tags(best["run_id"], {"mlcore.model_uri": result["model_uri"]})
+    return result["model_uri"]
 
 
 def _tell(study: optuna.Study, trial, value: float | None, state) -> None:
@@ -399,7 +458,8 @@ def _finished_trials(run_id: str, metric: str, exp) -> dict[int, dict]:
             "metrics": {k: v for k, v in run.data.metrics.items() if k in exp.reported},
             "baseline": run.data.metrics.get(exp.baseline_metric),
             "worker": run.data.tags.get("mlcore.worker", ""),
-            "model_uri": run.data.tags.get("mlcore.model_uri", f"runs:/{run.info.run_id}/model"),
+            "model_uri": run.data.tags.get("mlcore.model_uri"),  # None: a lean trial's
+            "seed": int(run.data.params["seed"]) if "seed" in run.data.params else None,
         }  # fmt: skip
     return found
 

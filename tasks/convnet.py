@@ -247,7 +247,7 @@ def train_convnet(
     directory = checkpoint_dir(run_id)
     directory.mkdir(parents=True, exist_ok=True)
     start = latest_checkpoint(run_id)
-    if start is not None:
+    if start is not None and start[1] < solver_config["num_epochs"]:
         print(f"resuming training from the checkpoint of epoch {start[1]} ({start[0]})")
         tracking.set_tags(run_id, {"mlcore.resumed_from_epoch": start[1]})
     display = _TrainingDisplay(
@@ -261,7 +261,9 @@ def train_convnet(
     )  # fmt: skip
     try:
         with display:
+            began = time.perf_counter()
             solver.train()
+            train_s = time.perf_counter() - began
     finally:  # what a failing run did until it failed is worth keeping, if MLflow is there
         with contextlib.suppress(Exception):
             display.metrics.flush()
@@ -276,6 +278,7 @@ def train_convnet(
         "val_acc_history": solver.val_acc_history,
         "best_val_acc": solver.best_val_acc,
         "resumed_from_epoch": start[1] if start else None,
+        "train_s": train_s,  # Solver.train()'s wall time
     }
 
 
@@ -284,10 +287,15 @@ def training_started(run_id: str) -> bool:
     return bool(tracking.logged_checkpoints(run_id) or local_checkpoints(checkpoint_dir(run_id)))
 
 
+MODEL_TAG = "mlcore.model"  # "logged", or "skipped" (a sweep's trial: metrics only)
+
+
 @task
-def evaluate_convnet(trained: dict[str, Any], data: dict[str, np.ndarray], run_id: str) -> dict:
+def evaluate_convnet(
+    trained: dict[str, Any], data: dict[str, np.ndarray], run_id: str, log_model: bool = True
+) -> dict:
     """Test accuracy, the loss/accuracy curves and first-layer filters as PNGs, and the model
-    as a pyfunc model."""
+    as a pyfunc model (with ``log_model=False``: the accuracies only, ``model_uri`` None)."""
     model = trained["model"]
     result = {
         "test_acc": metrics.accuracy(data["y_test"], model.predict(data["X_test"])),
@@ -295,6 +303,11 @@ def evaluate_convnet(trained: dict[str, Any], data: dict[str, np.ndarray], run_i
         "final_train_acc": trained["train_acc_history"][-1],
     }
     tracking.log_metrics(run_id, result)
+    result["run_id"] = run_id
+    if not log_model:
+        tracking.set_tags(run_id, {MODEL_TAG: "skipped"})
+        result["model_uri"] = None
+        return result
     curves = plot_training_curves(
         trained["loss_history"], trained["train_acc_history"], trained["val_acc_history"]
     )
@@ -302,5 +315,5 @@ def evaluate_convnet(trained: dict[str, Any], data: dict[str, np.ndarray], run_i
     tracking.log_figure(run_id, plot_filter_grid(model.params["W1"]), "plots/filters.png")
     arrays = {**model.params, "input_dim": np.asarray(model.input_dim)}
     result["model_uri"] = tracking.log_pyfunc_model(run_id, "convnet", arrays, data["X_test"][:5])
-    result["run_id"] = run_id
+    tracking.set_tags(run_id, {MODEL_TAG: "logged"})
     return result

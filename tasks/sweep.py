@@ -78,11 +78,12 @@ def run_trial(
     )
     run_id = result["run_id"]
     logged = tracking.client().get_run(run_id).data.metrics
-    tracking.set_tags(run_id, {"mlcore.model_uri": result["model_uri"]})
+    if result["model_uri"] is not None:  # None: a lean trial's (see Experiment.lean_trials)
+        tracking.set_tags(run_id, {"mlcore.model_uri": result["model_uri"]})
     return {
         "run_id": run_id, "model_uri": result["model_uri"], "baseline": logged.get(baseline_metric),
         "metrics": {k: float(logged[k]) for k in reported if k in logged},
-        "worker": worker_id(), "seed": seed,
+        "worker": worker_id(), "seed": seed, "train_s": result.get("train_s"),
     }  # fmt: skip
 
 
@@ -106,6 +107,15 @@ def leaderboard(trials: list[dict[str, Any]], metric: str, higher_is_better: boo
     return pd.concat([ranked, df[~done].sort_values("trial")], ignore_index=True)
 
 
+def best_trial(trials: list[dict[str, Any]], metric: str, higher_is_better: bool) -> dict | None:
+    """The finished trial with the best ``metric`` (the lowest number among equals), or None."""
+    finished = [t for t in trials if t["state"] == "COMPLETE"]
+    if not finished:
+        return None
+    pick = max if higher_is_better else min
+    return pick(sorted(finished, key=lambda t: t["number"]), key=lambda t: t["metrics"][metric])
+
+
 @task(cache_policy=NO_CACHE)
 def record_sweep(
     parent_run_id: str,
@@ -127,11 +137,8 @@ def record_sweep(
         table=json.loads(board.round(6).fillna("").to_json(orient="records")),
         description=f"MLflow run {parent_run_id}: trials by {metric}, best first",
     )
-    finished = [t for t in trials if t["state"] == "COMPLETE"]
-    best = None
-    if finished:
-        pick = max if higher_is_better else min
-        best = pick(sorted(finished, key=lambda t: t["number"]), key=lambda t: t["metrics"][metric])
+    best = best_trial(trials, metric, higher_is_better)
+    if best is not None:
         tracking.log_metrics(
             parent_run_id,
             {"best_trial": best["number"], metric: best["metrics"][metric]},

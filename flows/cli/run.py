@@ -112,7 +112,9 @@ def _runner(exp: Experiment, show: Callable[[dict], None]) -> Callable[[dict, st
             return
         from tasks import tracking
 
-        show(flow(**tracking.resumable_params(resume, flow.name), resume=resume))
+        # a sweep's trial that skipped its model: resuming it adds the model
+        recorded = tracking.resumable_params(resume, flow.name, exp.skipped_model_tag)
+        show(flow(**recorded, resume=resume))
 
     return run
 

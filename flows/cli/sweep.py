@@ -64,16 +64,25 @@ def sweep(
         str | None,
         typer.Option(help="Continue the sweep of this MLflow run: run its unfinished trials."),
     ] = None,
+    log_models: Annotated[
+        str,
+        typer.Option(
+            help="best: only the best trial logs its model and plots (added when the sweep "
+            "ends); all: every trial (convnet; housing trials always log theirs)."
+        ),
+    ] = "best",
 ) -> None:
     """Sweep an experiment's hyper-parameters with Optuna; one MLflow child run per trial."""
     from flows.space import check_resume_alone, sweep_config
 
     # the command line's mistakes are refused first, before any server starts
-    check_resume_alone(resume, experiment, param, sampler, trials, metric, set_)
+    check_resume_alone(
+        resume, experiment, param, sampler, trials, metric, set_, log_models != "best"
+    )
     if not resume:
-        sweep_config(experiment, param, sampler, trials, seed, metric, set_)
+        sweep_config(experiment, param, sampler, trials, seed, metric, set_, log_models)
     _run(experiment, param, sampler, trials, seed, metric, set_, runner, workers,
-         dask_address, resume)  # fmt: skip
+         dask_address, resume, log_models)  # fmt: skip
 
 
 @preflight(flows=True)

@@ -41,6 +41,15 @@ _CIFAR_SHAPE = (3, 32, 32)
 _CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte + pixels
 
 
+_SHAPES = {"digits": (1, 8, 8), "cifar10": _CIFAR_SHAPE}
+
+
+def image_shape(name: str) -> tuple[int, int, int]:
+    """(channels, height, width) of one image of the dataset ``name``."""
+    class_names(name)  # an unknown name is refused there
+    return _SHAPES[name]
+
+
 def class_names(name: str) -> tuple[str, ...]:
     """The class names of image dataset ``name`` ("digits" or "cifar10"), by label."""
     try:

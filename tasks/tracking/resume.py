@@ -11,10 +11,11 @@ from tasks.tracking.provenance import git_commit
 from tasks.tracking.store import client
 
 
-def resumable_params(run_id: str, flow: str) -> dict:
+def resumable_params(run_id: str, flow: str, finished_if: tuple[str, str] | None = None) -> dict:
     """The recorded arguments (tag ``mlcore.flow_params``) of ``run_id``, a run of ``flow``
-    that may be resumed: it is not FINISHED nor still RUNNING, and was made by this code.
-    Anything else is a ValueError naming the reason."""
+    that may be resumed: it is not FINISHED (unless it has the tag ``finished_if`` = (name,
+    value): a finished run with something left to add) nor still RUNNING, and was made by this
+    code. Anything else is a ValueError naming the reason."""
     try:
         run = client().get_run(run_id)
     except mlflow.exceptions.MlflowException:
@@ -26,7 +27,7 @@ def resumable_params(run_id: str, flow: str) -> dict:
     status = run.info.status
     if status == "RUNNING" and reap_if_dead(run_id):  # its process is gone: now KILLED
         status = client().get_run(run_id).info.status
-    if status == "FINISHED":
+    if status == "FINISHED" and not (finished_if and tags.get(finished_if[0]) == finished_if[1]):
         raise ValueError(f"cannot resume run {run_id}: it FINISHED; nothing to resume")
     if status == "RUNNING":
         raise ValueError(f"cannot resume run {run_id}: run is still RUNNING")

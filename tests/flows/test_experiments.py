@@ -22,8 +22,9 @@ def test_each_flow_takes_its_defaults_from_the_registry():
         for param in exp.params:
             assert signature[param.name].default == param.default, (exp.name, param.name)
         # and every argument of the flow a user may give is declared (the rest are set by
-        # mlcore itself: nesting under a sweep, tags, registration, resuming)
-        internal = {"parent_run_id", "run_tags", "registry", "resume"}
+        # mlcore itself: nesting under a sweep, tags, registration, resuming, what a sweep's
+        # lean trial skips)
+        internal = {"parent_run_id", "run_tags", "registry", "resume", "log_model", "gate"}
         assert set(signature) - internal == {p.name for p in exp.params}, exp.name
 
 

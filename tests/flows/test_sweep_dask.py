@@ -41,15 +41,19 @@ def per_trial(run_id):
     }
 
 
-def assert_complete(run_id, n):
+def assert_complete(run_id, n, log_models="best"):
     client = MlflowClient()
     assert client.get_run(run_id).info.status == "FINISHED"
     runs = trial_runs(run_id)
     assert sorted(runs) == list(range(n))
+    best = client.get_run(run_id).data.tags["best_run_id"]
     for r in runs.values():
         assert r.info.status == "FINISHED"
         assert {"best_val_acc", "test_acc", "final_train_acc"} <= set(r.data.metrics)
         plots = {a.path for a in client.list_artifacts(r.info.run_id, "plots")}
+        if log_models == "best" and r.info.run_id != best:  # only the best one's model
+            assert plots == set() and r.data.tags["mlcore.model"] == "skipped"
+            continue
         assert plots == {"plots/training_curves.png", "plots/filters.png"}
         model = client.get_logged_model(r.data.tags["mlcore.model_uri"].split("/")[-1])
         assert model.source_run_id == r.info.run_id
@@ -184,8 +188,10 @@ def test_convnet_grid_is_identical_sequentially_on_a_local_cluster_and_an_existi
     expected = per_trial(seq["run_id"])
     assert len(expected) == 2
 
-    local = run_sweep("convnet", PAIR, seed=3, set_=FIXED, runner="dask", workers=2)
-    runs = assert_complete(local["run_id"], 2)
+    local = run_sweep(
+        "convnet", PAIR, seed=3, set_=FIXED, runner="dask", workers=2, log_models="all"
+    )
+    runs = assert_complete(local["run_id"], 2, log_models="all")
     assert per_trial(local["run_id"]) == expected
     workers = {r.data.tags["mlcore.worker"] for r in runs.values()}
     assert me not in workers and 1 <= len(workers) <= 2

@@ -1,6 +1,8 @@
 """A sweep's trial is the experiment's own flow: re-created with ``mlcore run`` and the seed the
 trial logged, it gives the same bits."""
 
+import mlflow
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -26,17 +28,48 @@ def children(client, run_id):
     return client.search_runs([exp], f"tags.mlflow.parentRunId = '{run_id}'")
 
 
+def logged_models(run_id: str) -> list:
+    return mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run_id}'", output_format="list"
+    )
+
+
+def params_of(model_uri: str) -> dict:
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model.params
+
+
 def test_a_convnet_trial_is_mlcore_run_with_the_seed_it_logged(prefect_harness, mlflow_store):
     fixed = ["num_train=100", "epochs=2", "num_filters=4", "hidden_dim=8", "batch_size=50"]
-    result = run_sweep("convnet", ["lr=1e-2"], seed=4, set_=fixed)
+    result = run_sweep("convnet", ["lr=1e-2,3e-2"], seed=4, set_=fixed)
     client = MlflowClient()
-    trial = client.get_run(result["trials"][0]["run_id"])
+    parent = client.get_run(result["run_id"])
+    trial = client.get_run(parent.data.tags["best_run_id"])
+    (other,) = [client.get_run(t["run_id"]) for t in result["trials"]
+                if t["run_id"] != trial.info.run_id]  # fmt: skip
     seed = int(trial.data.params["seed"])
-    assert seed == trial_seed(4, 0)
+    assert seed == trial_seed(4, int(trial.data.tags["mlcore.trial"]))
     assert trial.data.tags["mlflow.parentRunId"] == result["run_id"]
     assert "registered" not in trial.data.tags  # a trial leaves the registry to its sweep
-    options = {"lr": "0.01", "num-train": "100", "epochs": "2", "num-filters": "4",
-               "hidden-dim": "8", "batch-size": "50", "seed": str(seed)}  # fmt: skip
+    # lean trials: the sweep gated once, on its own run; only the best trial has a model
+    assert {"gate.rel_error.W1", "trial_overhead_s"} <= set(parent.data.metrics)
+    assert parent.data.metrics["trial_overhead_s"] > 0
+    for run in (trial, other):
+        assert not any(k.startswith("gate.") for k in run.data.metrics)
+        assert client.list_artifacts(run.info.run_id, "checkpoints")
+    assert (
+        other.data.tags["mlcore.model"] == "skipped" and "mlcore.model_uri" not in other.data.tags
+    )
+    assert client.list_artifacts(other.info.run_id, "plots") == []
+    assert logged_models(other.info.run_id) == []
+    assert trial.data.tags["mlcore.model"] == "logged"
+    plots = {a.path for a in client.list_artifacts(trial.info.run_id, "plots")}
+    assert plots == {"plots/training_curves.png", "plots/filters.png"}
+    assert "mlcore.resumed_from_epoch" not in trial.data.tags  # the model was added, not trained
+    assert parent.data.tags["best_model_uri"] == trial.data.tags["mlcore.model_uri"]
+
+    options = {"lr": trial.data.params["lr"], "num-train": "100", "epochs": "2",
+               "num-filters": "4", "hidden-dim": "8", "batch-size": "50",
+               "seed": str(seed)}  # fmt: skip
     args = ["run", "convnet", *(x for k, v in options.items() for x in (f"--{k}", v))]
     single = client.get_run(run_id_of(runner.invoke(app, args)))
     for name in ("best_val_acc", "final_train_acc", "test_acc", "baseline_val_acc"):
@@ -47,6 +80,31 @@ def test_a_convnet_trial_is_mlcore_run_with_the_seed_it_logged(prefect_harness, 
     assert len(losses[0]) == 4 and losses[0] == losses[1]
     same = {k: v for k, v in single.data.params.items() if k in trial.data.params}
     assert same == trial.data.params  # every parameter the trial logged, resolved values too
+    # the model the sweep added to the best trial is the one mlcore run trains, bit for bit
+    (model,) = logged_models(trial.info.run_id)
+    assert trial.data.tags["mlcore.model_uri"] == model.model_uri
+    added = params_of(model.model_uri)
+    trained = params_of(logged_models(single.info.run_id)[0].model_uri)
+    assert added.keys() == trained.keys()
+    for name in added:
+        assert np.array_equal(added[name], trained[name]), name
+
+
+def test_a_trial_that_skipped_its_model_gets_it_by_mlcore_run_resume(prefect_harness, mlflow_store):
+    fixed = ["num_train=100", "epochs=1", "num_filters=4", "hidden_dim=8", "batch_size=50"]
+    result = run_sweep("convnet", ["lr=1e-2,3e-2"], seed=5, set_=fixed)
+    client = MlflowClient()
+    best = client.get_run(result["run_id"]).data.tags["best_run_id"]
+    (other,) = [t["run_id"] for t in result["trials"] if t["run_id"] != best]
+    out = runner.invoke(app, ["run", "convnet", "--resume", other])
+    assert run_id_of(out) == other
+    run = client.get_run(other)
+    assert run.info.status == "FINISHED" and run.data.tags["mlcore.model"] == "logged"
+    assert {a.path for a in client.list_artifacts(other, "plots")} == {
+        "plots/training_curves.png", "plots/filters.png"}  # fmt: skip
+    # a run that has its model has nothing left to resume
+    again = runner.invoke(app, ["run", "convnet", "--resume", other])
+    assert again.exit_code != 0 and "FINISHED; nothing to resume" in again.output
 
 
 def test_a_housing_trial_is_the_same_model_of_mlcore_run(prefect_harness, data_env, mlflow_store):
