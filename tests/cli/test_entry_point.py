@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from flows.stack import free_port
+from tests.conftest import prefect_home
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +81,7 @@ def mlcore(
     }
     store = tmp / "missing" / "mlflow.db" if BAD_STORE in needs else tmp / "mlflow.db"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
-    env["PREFECT_HOME"] = str(tmp / "prefect-home")
+    env["PREFECT_HOME"] = str(prefect_home(tmp / "prefect-home"))
     if A_FILE in needs:
         (tmp / "a-file").write_text("not a folder\n")
     if NO_API in needs:

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks import tracking
+from tests.conftest import prefect_home
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,11 @@ runner = CliRunner()
 
 
 def _cli_env(tmp_path: Path, store: str) -> dict[str, str]:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store,
+        "PREFECT_HOME": str(prefect_home(tmp_path / "prefect")),
+    }
     for key in ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL"):
         env.pop(key, None)
     return env

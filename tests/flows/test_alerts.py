@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 
 from flows.alerts import AUTOMATION_NAME, BLOCK_NAME, install_alerts
 from flows.stack import Server, free_port, start_prefect_server
+from tests.conftest import prefect_home
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +77,9 @@ def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
     (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(spec))
 
     prefect = start_prefect_server(
-        port=free_port(), home=tmp_path / "prefect-home", log=tmp_path / "prefect-server.log"
+        port=free_port(),
+        home=prefect_home(tmp_path / "prefect-home"),
+        log=tmp_path / "prefect-server.log",
     )
     served = None
     try:

@@ -20,6 +20,7 @@ import pytest
 
 from flows.deployments import declared_deployments
 from flows.stack import Server, free_port, local_stack
+from tests.conftest import prefect_home
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +115,7 @@ def test_deploy_trigger_and_find_the_run(backends, tmp_path, shared_data):
     prefect_db, mlflow_backend = backends
     with local_stack(
         prefect_db=prefect_db, mlflow_backend=mlflow_backend, artifacts=tmp_path / "artifacts",
-        logs=tmp_path / "logs", home=tmp_path / "prefect-home",
+        logs=tmp_path / "logs", home=prefect_home(tmp_path / "prefect-home"),
     ) as (prefect_srv, mlflow_srv):  # fmt: skip
         env = {
             **os.environ,
@@ -206,7 +207,7 @@ def test_mlcore_serve_alone_runs_an_every_minute_schedule(tmp_path):
     (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(spec))
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env |= {"PREFECT_HOME": str(tmp_path / "ph"), "MLFLOW_TRACKING_URI": store}
+    env |= {"PREFECT_HOME": str(prefect_home(tmp_path / "ph")), "MLFLOW_TRACKING_URI": store}
     out = tmp_path / "serve.log"
     with open(out, "wb") as log:
         serve = subprocess.Popen(
@@ -262,7 +263,7 @@ def test_mlcore_server_starts_both_servers_on_loopback_and_stops_them(tmp_path):
            "--mlflow-port", str(mp), "--mlflow-backend", backend,
            "--artifacts", str(tmp_path / "artifacts"),
            "--logs", str(tmp_path / "logs")]  # fmt: skip
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "ph")}
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home(tmp_path / "ph"))}
     out = open(tmp_path / "server.out", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
