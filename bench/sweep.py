@@ -34,7 +34,8 @@ The thread variables above are unset for every process but ``trial-1thread`` (th
 workers get one thread each from mlcore's LocalCluster), and so are ``OPENBLAS_CORETYPE`` and
 ``OPENBLAS_L2_SIZE``: a user's machine has no such pin. ``--quick`` is 1 round of 1 epoch (a
 smoke test, no target applies). Results go to ``--out``/sweep.{json,md} (default
-bench/results/, generated: do not edit). The full run takes about 20 minutes on 2 cores.
+bench/results/, generated: do not edit). The full run (2 x 3 rounds of 5 processes, each
+starting its own Prefect server) takes 20-30 minutes on 2 idle cores; ``--quick`` about 5.
 """
 
 from __future__ import annotations
