@@ -64,7 +64,7 @@ run: $(STAMP)
 
 ## make test: the lock matches pyproject.toml, lint, format check, then the test suite on two
 ## pytest-xdist workers (most of its time is spent waiting on servers and subprocesses)
-PYTEST_ARGS ?= -n 2 --dist load --maxschedchunk 1
+PYTEST_ARGS ?= -n 2 --dist load --maxschedchunk 1 --durations=25
 test: lock-check lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
