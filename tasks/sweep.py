@@ -174,9 +174,20 @@ def _log_plots(run_id: str, study: optuna.Study, metric: str) -> None:
         tracking.log_figure(run_id, fig, f"plots/{metric}_vs_params.png")
         plt.close(fig)
         try:
-            importances = optuna.importance.get_param_importances(study, params=varied)
+            # a warning of the evaluator (with few trials, Optuna's default PED-ANOVA warns that
+            # it cannot tell the parameters apart) means its numbers say nothing: not logged
+            with warnings.catch_warnings(record=True) as warned:
+                warnings.simplefilter("always")
+                importances = optuna.importance.get_param_importances(study, params=varied)
         except (RuntimeError, ValueError) as exc:  # too few finished trials, nothing varied
             tracking.set_tags(run_id, {"importances": f"unavailable: {exc}"})
+            return
+        doubt = [
+            w for w in warned if not issubclass(w.category, optuna.exceptions.ExperimentalWarning)
+        ]
+        if doubt:
+            reason = str(doubt[0].message).splitlines()[0]
+            tracking.set_tags(run_id, {"importances": f"unavailable: Optuna: {reason}"})
             return
         if not importances:
             return

@@ -160,6 +160,31 @@ def test_the_sweeps_plots_leave_out_a_parameter_that_did_not_vary(mlflow_store):
     assert plots == {"plots/m_vs_params.png", "plots/param_importances.png"}
 
 
+def test_importances_optuna_cannot_tell_apart_are_not_logged(mlflow_store):
+    """Two trials with the same result: Optuna's evaluator warns that it cannot tell the
+    parameters apart. The sweep says so in a tag and logs no importance (numbers that say
+    nothing), and no warning reaches the user's terminal."""
+    import warnings
+
+    import optuna
+
+    from tasks import tracking
+    from tasks.sweep import _log_plots
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(2):
+        study.tell(study.ask({"a": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    with tracking.parent_run("sweeps", "hyperparameter_sweep", {}) as run_id:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            _log_plots(run_id, study, "m")
+    run = MlflowClient().get_run(run_id)
+    assert not [k for k in run.data.metrics if k.startswith("importance.")]
+    assert run.data.tags["importances"].startswith("unavailable: Optuna: ")
+    plots = {a.path for a in MlflowClient().list_artifacts(run_id, "plots")}
+    assert plots == {"plots/m_vs_params.png"}
+
+
 def test_housing_grid_sweep_is_the_same_sequentially_and_on_threads(
     prefect_harness, data_env, mlflow_store, housing
 ):
