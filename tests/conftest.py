@@ -35,10 +35,18 @@ set_up_process()
 REPO = Path(__file__).resolve().parent.parent
 
 
-@functools.cache
+_MIGRATING = threading.Lock()
+
+
 def _migrated_prefect_db() -> Path:
     """A Prefect SQLite database with its schema made once per test process by Prefect's own
-    ``prefect server database upgrade``."""
+    ``prefect server database upgrade`` (tests call it from several threads at once)."""
+    with _MIGRATING:
+        return _migrate_once()
+
+
+@functools.cache
+def _migrate_once() -> Path:
     home = Path(_PREFECT_HOME) / "migrated-template"
     env = {
         k: v
