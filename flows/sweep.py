@@ -257,6 +257,8 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
     study = optuna.create_study(
         direction=direction, sampler=make_sampler(config["sampler"], space, seed, config["trials"])
     )
+    # an unfinished trial that checkpointed continues in its own run, from its last checkpoint
+    continued = _continuable_trials(run_id, exp, set(done)) if resuming else {}
     results: dict[int, dict] = {}
     todo = []
     for rec in asked:
@@ -299,7 +301,8 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
             futures = [
                 run_trial.submit(exp.flow, {**args, **lean}, exp.reported, exp.baseline_metric,
                                  config["seed"], rec["number"], run_id, uri,
-                                 trial_name(rec["number"], rec["params"]))
+                                 trial_name(rec["number"], rec["params"]),
+                                 continued.get(rec["number"]))
                 for rec, args in zip(batch, arguments, strict=True)
             ]  # fmt: skip
             returned = _return_times(futures)
@@ -461,6 +464,29 @@ def _finished_trials(run_id: str, metric: str, exp) -> dict[int, dict]:
             "model_uri": run.data.tags.get("mlcore.model_uri"),  # None: a lean trial's
             "seed": int(run.data.params["seed"]) if "seed" in run.data.params else None,
         }  # fmt: skip
+    return found
+
+
+def _continuable_trials(run_id: str, exp, finished: set[int]) -> dict[int, str]:
+    """trial number -> its newest unfinished child run that has a checkpoint and may be resumed
+    (an experiment whose flow can resume): the trial continues there. A trial that never
+    checkpointed, or whose run cannot be resumed (said why), runs again in a new run."""
+    if not exp.resumable:
+        return {}
+    found: dict[int, str] = {}
+    runs = sorted(tracking.child_runs(run_id), key=lambda r: r.info.start_time)
+    for run in runs:
+        number = run.data.tags.get("mlcore.trial")
+        if number is None or int(number) in finished or run.info.status == "FINISHED":
+            continue
+        if not tracking.logged_checkpoints(run.info.run_id):
+            continue
+        try:
+            tracking.resumable_params(run.info.run_id, exp.flow_name)
+        except ValueError as exc:
+            print(f"trial {number} runs again from its start: {exc}")
+            continue
+        found[int(number)] = run.info.run_id
     return found
 
 

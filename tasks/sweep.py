@@ -57,10 +57,12 @@ def run_trial(
     parent_run_id: str,
     tracking_uri: str,
     name: str | None = None,
+    resume: str | None = None,
 ) -> dict[str, Any]:
     """Run trial ``number``: the flow ``module:function`` with ``arguments``, the trial's seed,
     nested under the sweep's run and without registering, wherever the task runner puts it (a
-    thread, a Dask worker process). Returns its run id, model URI, ``reported`` metrics (read
+    thread, a Dask worker process); with ``resume``, the trial's unfinished run of that id
+    continued from its last checkpoint. Returns its run id, model URI, ``reported`` metrics (read
     back from its MLflow run), the trivial baseline's ``baseline_metric`` the flow logged, the
     trial's seed and ``host:pid``."""
     from prefect.settings import PREFECT_API_URL
@@ -73,9 +75,13 @@ def run_trial(
     tags = {"mlcore.trial": str(number), "mlcore.worker": worker_id(),
             "mlcore.prefect_api_url": PREFECT_API_URL.value() or "",
             "mlflow.runName": name or f"trial {number}"}  # fmt: skip
-    result = flow_fn(
-        **arguments, seed=seed, parent_run_id=parent_run_id, run_tags=tags, registry=False
-    )
+    if resume is None:
+        result = flow_fn(
+            **arguments, seed=seed, parent_run_id=parent_run_id, run_tags=tags, registry=False
+        )
+    else:  # the trial's own run, continued from its last checkpoint, by this worker now
+        tracking.set_tags(resume, {k: v for k, v in tags.items() if k != "mlflow.runName"})
+        result = flow_fn(**arguments, seed=seed, resume=resume, registry=False)
     run_id = result["run_id"]
     logged = tracking.client().get_run(run_id).data.metrics
     if result["model_uri"] is not None:  # None: a lean trial's (see Experiment.lean_trials)

@@ -267,3 +267,61 @@ def test_reap_dead_runs_and_rerun_read_runs_right(mlflow_store):
     flow_run = _run_owned_by(_finished_process(), flow=True)
     run, name, params = original_call(flow_run)
     assert run.info.status == "KILLED" and name == "housing_regression" and params == {}
+
+
+# --- a sweep killed mid-trial ------------------------------------------------------------------
+
+
+def test_a_sweep_killed_mid_trial_continues_that_trial_from_its_last_checkpoint(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = _cli_env(tmp_path, store)
+    # about 0.1 s an epoch: trial 0 is killed between two of its checkpoints
+    args = [sys.executable, "-m", "flows.cli", "sweep", "convnet", "--param", "lr=1e-2,3e-2",
+            "--set", "epochs=20", "--set", "num_filters=4", "--set", "batch_size=50",
+            "--seed", "1"]  # fmt: skip
+    log = open(tmp_path / "sweep.out", "wb")  # noqa: SIM115 (closed below)
+    sweep = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL)  # fmt: skip
+    client = MlflowClient(store)
+    victim, deadline = None, time.monotonic() + 300
+    try:
+        while victim is None:
+            assert sweep.poll() is None, (tmp_path / "sweep.out").read_text()
+            assert time.monotonic() < deadline, "trial 0 never checkpointed"
+            exp = client.get_experiment_by_name("convnet")
+            running = client.search_runs(
+                [exp.experiment_id], "attributes.status = 'RUNNING' and tags.`mlcore.trial` = '0'"
+            ) if exp else []  # fmt: skip
+            victim = next(
+                (r for r in running if client.list_artifacts(r.info.run_id, "checkpoints")), None
+            )
+            time.sleep(0.05)
+        sweep.kill()
+        sweep.wait(30)
+    finally:
+        log.close()
+    parent_id = victim.data.tags["mlflow.parentRunId"]
+    assert client.get_run(victim.info.run_id).info.status == "RUNNING"  # nobody told the store
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "sweep", "--resume", parent_id], cwd=tmp_path,
+        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.stdout.strip().splitlines()[-1] == f"MLflow run id: {parent_id}"
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_run"] == 2
+    runs = {
+        int(r.data.tags["mlcore.trial"]): r
+        for r in client.search_runs(
+            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+        )
+    }
+    assert sorted(runs) == [0, 1]  # trial 0 continued in its own run: no second run of it
+    first = runs[0]
+    assert first.info.run_id == victim.info.run_id and first.info.status == "FINISHED"
+    assert 1 <= int(first.data.tags["mlcore.resumed_from_epoch"]) < 20
+    steps = [m.step for m in client.get_metric_history(first.info.run_id, "loss")]
+    per_epoch = int(first.data.params["n_train"]) // 50
+    assert len(steps) == len(set(steps)) == 20 * per_epoch  # every iteration once
+    assert len(client.get_metric_history(first.info.run_id, "val_acc")) == 21  # + iteration 1

@@ -29,6 +29,9 @@ MLCORE = str(Path(sys.executable).parent / "mlcore")
 GRID = ["hidden_dim=8,16", "lr=1e-3,1e-2"]  # 4 trials: some finish while one is killed
 PAIR = ["hidden_dim=8,16", "lr=1e-2"]  # 2 trials, one per worker, for comparing runners
 FIXED = ["num_train=200", "epochs=1", "num_filters=4", "batch_size=50"]
+# the killed-worker grid: a trial long enough (about 0.1 s an epoch) to be killed between two
+# of its checkpoints
+LONGER = ["epochs=20", "num_filters=4", "batch_size=50"]
 
 
 def per_trial(run_id):
@@ -226,7 +229,7 @@ def test_a_killed_worker_loses_its_trial_and_resume_finishes_it(
     env = {**worker_env, "PREFECT_API_URL": prefect_api, "COLUMNS": "200",
            "MLFLOW_TRACKING_URI": mlflow_store}  # fmt: skip
     args = [MLCORE, "sweep", "convnet", *[a for p in GRID for a in ("--param", p)],
-            *[a for f in FIXED for a in ("--set", f)], "--seed", "3", "--runner", "dask",
+            *[a for f in LONGER for a in ("--set", f)], "--seed", "3", "--runner", "dask",
             "--dask-address", cluster.address]  # fmt: skip
     try:
         sweep = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
@@ -240,9 +243,11 @@ def test_a_killed_worker_loses_its_trial_and_resume_finishes_it(
                 "attributes.status = 'RUNNING'",
             )
             pids = {p.pid: p for p in cluster.workers}
-            # a trial under way: its run has its tags and its params (the seed among them)
+            # a trial under way: its run has its tags, its params (the seed among them) and a
+            # checkpoint (it will continue from there)
             under_way = (r for r in running
-                         if "mlcore.worker" in r.data.tags and "seed" in r.data.params)  # fmt: skip
+                         if "mlcore.worker" in r.data.tags and "seed" in r.data.params
+                         and client.list_artifacts(r.info.run_id, "checkpoints"))  # fmt: skip
             for r in under_way:
                 pid = int(r.data.tags["mlcore.worker"].rsplit(":", 1)[1])
                 if pid in pids:
@@ -281,8 +286,24 @@ def test_a_killed_worker_loses_its_trial_and_resume_finishes_it(
              f"tags.mlflow.parentRunId = '{parent_id}'")]  # fmt: skip
     done = [r for r in after if r.info.status == "FINISHED"]
     assert sorted(int(r.data.tags["mlcore.trial"]) for r in done) == [0, 1, 2, 3]
-    # the rerun trial trained exactly what the lost one would have: same seed, same metrics
+    # the lost trial continued in its own run from its last checkpoint...
+    assert len(after) == 4
     rerun = next(r for r in done if int(r.data.tags["mlcore.trial"]) == lost_trial)
-    assert rerun.data.params["seed"] == runs[lost_trial].data.params["seed"]
+    assert rerun.info.run_id == runs[lost_trial].info.run_id
+    assert 1 <= int(rerun.data.tags["mlcore.resumed_from_epoch"]) < 20
+    # ... to the bits of an uninterrupted run of the same trial (mlcore run, the trial's seed)
+    options = dict(f.split("=") for f in LONGER)
+    options |= {k: rerun.data.params[k] for k in ("hidden_dim", "lr", "seed")}
+    args = ["run", "convnet", *(x for k, v in options.items()
+                                for x in (f"--{k.replace('_', '-')}", v))]  # fmt: skip
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    single = client.get_run(out.stdout.strip().splitlines()[-1].split()[-1])
+    for name in ("best_val_acc", "final_train_acc", "test_acc"):
+        assert single.data.metrics[name] == rerun.data.metrics[name], name
+    losses = [[m.value for m in client.get_metric_history(r.info.run_id, "loss")]
+              for r in (rerun, single)]  # fmt: skip
+    per_epoch = int(single.data.params["n_train"]) // 50
+    assert len(losses[0]) == 20 * per_epoch and losses[0] == losses[1]
     assert "registered_version" in parent.data.tags
     one_line_error(CliRunner().invoke(app, ["sweep", "--resume", parent_id]), r"nothing to resume")
