@@ -1,13 +1,14 @@
-"""Alerts for the deployments' runs: a Prefect automation that posts a message when a flow run
-of an mlcore deployment fails.
+"""Alerts for the deployments' runs: Prefect automations that post a message when a flow run
+of an mlcore deployment fails, or makes a model worse than the registry's champion.
 
 Everything lives on the Prefect server: a notification block (``CustomWebhookNotificationBlock``,
 a JSON POST) and an automation whose trigger is a flow run tagged ``mlcore`` (every deployment
 of prefect.yaml carries that tag, and a flow run inherits its deployment's tags) entering
 Failed, Crashed or TimedOut, and whose action sends one message through the block. The server's
 automation services (triggers, actions) send it, so nothing of mlcore needs to run for an alert
-to go out. ``install_alerts`` creates both, or updates them in place: running it again leaves
-one block and one automation.
+to go out. A second automation does the same for the event ``mlcore.model.regressed``
+(tasks.registry.signal_regression). ``install_alerts`` creates them, or updates them in place:
+running it again leaves one block and one automation of each name.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ MLflow run: {% for tag in flow_run.tags if tag.startswith("mlflow.run_id=") %}\
 {{ tag[14:] }}{% else %}(none recorded){% endfor %}
 State: {{ flow_run.state.name }}
 Reason: {{ (flow_run.state.message or "no message") | replace("\\n", " ") }}
+Link: __UI__"""
+
+# A model worse than its champion (tasks.registry.signal_regression emits the event from the
+# flow run that made it; the event names that flow run among its related resources).
+REGRESSION_AUTOMATION_NAME = "mlcore: a model regressed"
+REGRESSION_EVENT = "mlcore.model.regressed"
+REGRESSION_SUBJECT = "mlcore: {{ event.payload.model }} regressed"
+REGRESSION_BODY = """\
+Model: {{ event.payload.model }}
+Regression: {{ event.payload.summary }}
+MLflow run: {{ event.payload.run_id }} (the champion's: {{ event.payload.champion_run_id }})
+Flow run: {{ flow_run.name }} ({{ flow_run.id }})
 Link: __UI__"""
 
 # The webhook's JSON body: a Slack (or Mattermost) incoming webhook takes it as it is.
@@ -81,12 +94,55 @@ def alert_automation(block_id: UUID):
     )
 
 
+def regression_automation(block_id: UUID):
+    """The automation (not yet saved): an ``mlcore.model.regressed`` event from a flow run
+    tagged ``mlcore`` sends one message through the notification block ``block_id``."""
+    from prefect.automations import Automation
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    return Automation(
+        name=REGRESSION_AUTOMATION_NAME,
+        description="Posts a message when a run of an mlcore deployment made a model worse "
+        "than the registry's champion (installed by `mlcore alerts`).",
+        trigger=EventTrigger(
+            expect={REGRESSION_EVENT},
+            match={"prefect.resource.id": "mlcore.model.*"},
+            match_related={
+                "prefect.resource.role": "tag",
+                "prefect.resource.id": f"prefect.tag.{ALERT_TAG}",
+            },
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_id,
+                subject=REGRESSION_SUBJECT,
+                body=REGRESSION_BODY.replace("__UI__", flow_run_link()),
+            )
+        ],
+    )
+
+
+def _save(automation, client) -> UUID:
+    """Create ``automation``, or update the one of its name in place (deleting duplicates)."""
+    existing = client.read_automations_by_name(automation.name)
+    if not existing:
+        return automation.create().id
+    automation.id = existing[0].id
+    automation.update()
+    for duplicate in existing[1:]:
+        client.delete_automation(duplicate.id)
+    return automation.id
+
+
 def install_alerts(url: str, api_url: str | None = None) -> UUID:
     """Create or update, on the Prefect server at ``api_url`` (default: the one this process
-    is configured for, PREFECT_API_URL), the notification block posting to ``url`` and the
-    automation alerting on failed flow runs of mlcore deployments. Returns the automation's
-    id. Idempotent: the block is overwritten, the automation updated in place (and any
-    duplicate of it, made by hand, deleted)."""
+    is configured for, PREFECT_API_URL), the notification block posting to ``url``, the
+    automation alerting on failed flow runs of mlcore deployments (its id is returned) and
+    the one alerting on regressed models. Idempotent: the block is overwritten, each
+    automation updated in place (and any duplicate of it, made by hand, deleted)."""
     import contextlib
 
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -108,14 +164,6 @@ def install_alerts(url: str, api_url: str | None = None) -> UUID:
             )
         block = CustomWebhookNotificationBlock(name=BLOCK_NAME, url=url, json_data=WEBHOOK_JSON)
         block_id = block.save(BLOCK_NAME, overwrite=True)
-        automation = alert_automation(block_id)
         with get_client(sync_client=True) as client:
-            existing = client.read_automations_by_name(AUTOMATION_NAME)
-        if not existing:
-            return automation.create().id
-        automation.id = existing[0].id
-        automation.update()
-        for duplicate in existing[1:]:
-            with get_client(sync_client=True) as client:
-                client.delete_automation(duplicate.id)
-        return automation.id
+            _save(regression_automation(block_id), client)
+            return _save(alert_automation(block_id), client)

@@ -105,6 +105,10 @@ class Experiment:
     baseline: str = ""  # the trivial model the registration gate compares with
     baseline_metric: str = ""  # its validation metric, logged on the flow's run
     margin: float = 0.0  # by how much a model must beat it (higher-is-better metrics)
+    # a model worse than the registry's champion on the same data key by more than this (in
+    # the metric's units) is a regression: tag mlcore.regressed, Prefect event
+    # mlcore.model.regressed (and an alert, see flows.alerts)
+    regression_margin: float | None = None
     # a sweep's trial: extra flow arguments implied by the swept/fixed values (e.g. housing's
     # model kind from the parameters given)
     trial_defaults: Callable[[Mapping], dict] | None = None
@@ -288,6 +292,8 @@ HOUSING = Experiment(
     data_key=_housing_key,
     baseline="train-mean",
     baseline_metric="baseline_val_mae",
+    # validation MAE in $1000s: the course's fits differ by about 0.1 from seed to seed
+    regression_margin=0.25,
     trial_defaults=_housing_trial,
 )
 
@@ -382,6 +388,8 @@ CONVNET = Experiment(
     # validation accuracy: on the few hundred validation rows of digits, two binomial standard
     # errors of a chance-level rate (0.1) are about 0.045
     margin=0.05,
+    # validation accuracy: two points on the few hundred validation images of digits
+    regression_margin=0.02,
     resumable=True,
     gate="flows.convnet:gate",
     gate_on=("dataset", "filter_size"),
@@ -451,4 +459,5 @@ def register_best(
     return register_model(
         model_uri, exp.model_name(values), metric, value, exp.metrics[metric],
         exp.data_key(values), run_id, baseline, exp.baseline, exp.margin,
+        exp.regression_margin,
     )  # fmt: skip

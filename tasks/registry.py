@@ -84,6 +84,7 @@ def register_model(
     baseline: float,
     baseline_label: str = "baseline",
     margin: float = 0.0,
+    regression_margin: float | None = None,
 ) -> dict[str, Any]:
     """Register ``model_uri`` as a new version of ``name`` if ``value`` beats the trivial
     ``baseline`` on the validation data (by ``margin`` when higher is better), tagged with
@@ -97,8 +98,14 @@ def register_model(
     alias happen under a lock of the store (see `promotion_lock`), so two flows finishing at
     once cannot both take the alias from the same holder.
     Returns ``{name, version, champion_version, promoted, reason, registered, gate}``
-    (``version`` is None when the gate refused the model)."""
+    (``version`` is None when the gate refused the model), and ``regressed`` (see
+    `regression`: the run was signalled as worse than the champion, registered or not)."""
     value = float(value)
+    regressed = None
+    if regression_margin is not None:
+        regressed = regression(name, metric, value, higher_is_better, data_key, regression_margin)
+        if regressed is not None:
+            signal_regression(run_id, name, regressed)
     passed, gate = registration_gate(
         metric, value, higher_is_better, float(baseline), baseline_label, margin
     )
@@ -114,6 +121,7 @@ def register_model(
             "reason": reason,
             "registered": False,
             "gate": gate,
+            "regressed": regressed,
         }
     tags = {metric: repr(value), "data_key": data_key, "flow_run_id": run_id}
     version = str(mlflow.register_model(model_uri, name, tags=tags).version)
@@ -145,7 +153,67 @@ def register_model(
         "reason": reason,
         "registered": True,
         "gate": gate,
+        "regressed": regressed,
     }
+
+
+REGRESSED_TAG = "mlcore.regressed"
+REGRESSED_EVENT = "mlcore.model.regressed"
+
+
+def regression(
+    name: str, metric: str, value: float, higher_is_better: bool, data_key: str, margin: float
+) -> dict[str, Any] | None:
+    """``value`` compared with the champion of ``name`` measured on the same ``data_key``: if
+    it is worse by more than ``margin``, ``{model, metric, candidate, champion,
+    champion_version, champion_run_id, worse_by, margin, summary}``; else (better, within the
+    margin, no champion, a champion of other data) None."""
+    client = tracking.client()
+    try:
+        holder = client.get_registered_model(name).aliases.get(CHAMPION)
+    except mlflow.exceptions.MlflowException:  # no such model yet
+        return None
+    if holder is None:
+        return None
+    tags = client.get_model_version(name, holder).tags
+    if tags.get("data_key") != data_key or metric not in tags:
+        return None
+    best = float(tags[metric])
+    worse_by = best - value if higher_is_better else value - best
+    if not worse_by > margin:
+        return None
+    summary = (
+        f"{metric} {value:.6g} vs {best:.6g} of {name} version {holder} ({CHAMPION}): worse "
+        f"by {worse_by:.4g}, more than the margin {margin:g}"
+    )
+    return {
+        "model": name, "metric": metric, "candidate": value, "champion": best,
+        "champion_version": str(holder), "champion_run_id": tags.get("flow_run_id", ""),
+        "worse_by": worse_by, "margin": margin, "summary": summary,
+    }  # fmt: skip
+
+
+def signal_regression(run_id: str, name: str, regressed: dict[str, Any]) -> None:
+    """Say that the run ``run_id`` made a model worse than the champion: the MLflow tag
+    ``mlcore.regressed`` (the summary), a line on the output and the Prefect event
+    ``mlcore.model.regressed`` (resource: the registered model; related: the MLflow run, and
+    from the run context the flow run, its deployment and tags), which the alert automation
+    turns into a message. An event the API cannot take is said on one line, not raised."""
+    from prefect.events import emit_event
+
+    tracking.set_tags(run_id, {REGRESSED_TAG: regressed["summary"]})
+    print(f"regression: {regressed['summary']} (MLflow run {run_id})")
+    try:
+        emit_event(
+            event=REGRESSED_EVENT,
+            resource={"prefect.resource.id": f"mlcore.model.{name}",
+                      "prefect.resource.name": name},  # fmt: skip
+            related=[{"prefect.resource.id": f"mlflow.run.{run_id}",
+                      "prefect.resource.role": "mlflow-run", "prefect.resource.name": run_id}],
+            payload={**regressed, "run_id": run_id},
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the tag above holds the signal already
+        print(f"regression event not sent: {error_line(exc)}")
 
 
 @contextlib.contextmanager

@@ -63,6 +63,46 @@ def wait_for(condition, timeout: float, what: str, *alive: Server):
     return value
 
 
+REGRESSED_FLOW = """\
+import json, sys
+from prefect import flow, tags
+from prefect.context import get_run_context
+from tasks.registry import signal_regression
+
+run_id, summary = sys.argv[1], sys.argv[2]
+info = {"model": "housing-regressor", "summary": summary, "champion_run_id": "c0ffee"}
+
+
+@flow(name="nightly_regression")
+def nightly():
+    signal_regression(run_id, "housing-regressor", info)
+    run = get_run_context().flow_run
+    return {"id": str(run.id), "name": run.name}
+
+
+with tags("mlcore"):
+    print(json.dumps(nightly()))
+"""
+
+
+def regressed_flow_run(env: dict, tmp_path: Path) -> dict:
+    """A flow run tagged ``mlcore`` (as a deployment's are), in a process of its own,
+    signalling a regression through tasks.registry.signal_regression as register_model does;
+    its MLflow run, summary and flow run."""
+    store = env["MLFLOW_TRACKING_URI"]
+    run_id = MlflowClient(store).create_run("0").info.run_id
+    summary = "best_val_mae 3.4 vs 3 of housing-regressor version 1 (champion): worse by 0.4"
+    (tmp_path / "regressed.py").write_text(REGRESSED_FLOW)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "regressed.py"), run_id, summary], cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert MlflowClient(store).get_run(run_id).data.tags["mlcore.regressed"] == summary
+    flow_run = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"run_id": run_id, "summary": summary, "flow_run": flow_run}
+
+
 def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -132,11 +172,22 @@ def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
         assert run.state.is_failed(), run.state
         wait_for(lambda: received, 60, "alert message", prefect)
         time.sleep(3)  # a second message (a duplicate automation or trigger) would come now
+        assert len(received) == 1, received
+
+        # a run of an mlcore deployment (tag mlcore) that made a model worse than its champion
+        regressed = regressed_flow_run(env, tmp_path)
+        wait_for(lambda: len(received) > 1, 60, "regression message", prefect)
+        time.sleep(3)
     finally:
         with ThreadPoolExecutor() as pool:  # both at once: each takes seconds to stop
             list(pool.map(Server.stop, [s for s in (served, prefect) if s is not None]))
 
-    assert len(received) == 1, received
+    assert len(received) == 2, received
+    text = received[1]["text"]
+    assert text.startswith("mlcore: housing-regressor regressed\n"), text
+    assert f"Regression: {regressed['summary']}\n" in text
+    assert f"MLflow run: {regressed['run_id']} (the champion's: c0ffee)\n" in text
+    assert f"Flow run: {regressed['flow_run']['name']} ({regressed['flow_run']['id']})" in text
     text = received[0]["text"]
     assert "gradient_check/daily" in text
     assert f"{run.name} ({run.id})" in text

@@ -54,6 +54,7 @@ def test_champion_moves_only_on_a_strict_win_on_the_same_data(logged):
         "reason": "first champion (best_val_mae=3)",
         "registered": True,
         "gate": "best_val_mae 3 < baseline 10",
+        "regressed": None,
     }
     worse = register(3.5)
     assert (worse["version"], worse["champion_version"], worse["promoted"]) == ("2", "1", False)
@@ -84,6 +85,42 @@ def test_champion_moves_only_on_a_strict_win_on_the_same_data(logged):
         "5",
         "true",
     )
+
+
+def test_a_model_worse_than_the_champion_by_more_than_the_margin_is_signalled(logged):
+    uri, client = logged["uri"], MlflowClient()
+    experiment = client.get_run(logged["run_id"]).info.experiment_id
+
+    def register(value, key=HOUSING_KEY, name="m", higher=False, metric="best_val_mae"):
+        run_id = client.create_run(experiment).info.run_id
+        baseline = 0.1 if higher else 10.0
+        out = register_model.fn(uri, name, metric, value, higher, key, run_id, baseline,
+                                "baseline", 0.0, 0.25 if not higher else 0.02)  # fmt: skip
+        return out, client.get_run(run_id).data.tags.get("mlcore.regressed")
+
+    for _ in range(2):  # no champion yet, then a tie
+        out, tag = register(3.0)
+        assert out["regressed"] is None and tag is None
+    within, tag = register(3.2)  # worse by 0.2: within the margin
+    assert within["regressed"] is None and tag is None
+    worse, tag = register(3.4)
+    assert worse["regressed"]["worse_by"] == pytest.approx(0.4)
+    assert worse["regressed"]["champion_run_id"] and worse["regressed"]["champion"] == 3.0
+    summary = (
+        "best_val_mae 3.4 vs 3 of m version 1 (champion): worse by 0.4, more than the margin 0.25"
+    )
+    assert tag == worse["regressed"]["summary"] == summary
+    assert worse["champion_version"] == "1" and not worse["promoted"]
+    other, tag = register(9.0, key=convnet_data_key("digits", None))  # other data: no compare
+    assert other["regressed"] is None and tag is None
+    # a model the registration gate refuses (worse than the baseline) regressed all the same
+    refused, tag = register(11.0)
+    assert refused["version"] is None and tag.startswith("best_val_mae 11 vs 3 of m version 1")
+    # higher is better: accuracy 0.05 under the champion's, margin 0.02
+    register(0.9, key="k", name="acc", higher=True, metric="best_val_acc")
+    lower, tag = register(0.85, key="k", name="acc", higher=True, metric="best_val_acc")
+    assert lower["regressed"]["worse_by"] == pytest.approx(0.05) and "worse by 0.05" in tag
+    assert client.get_registered_model("m").aliases == {"champion": 1}
 
 
 def test_higher_is_better_and_exact_values(logged):
@@ -224,6 +261,7 @@ def test_the_gate_refuses_a_model_no_better_than_the_trivial_baseline(logged):
         "(best_val_acc 0.14 <= majority 0.1 + 0.05)",
         "registered": False,
         "gate": "best_val_acc 0.14 <= majority 0.1 + 0.05",
+        "regressed": None,
     }
     tags = MlflowClient().get_run(run_id).data.tags
     assert tags["registered"] == "false"
