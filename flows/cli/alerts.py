@@ -70,6 +70,7 @@ def install(url: str, api_url: str) -> None:
 
     install_alerts(url, api_url)
     console.print(
-        f"alerts: failed flow runs of mlcore deployments -> {url} (Prefect API {api_url})",
+        f"alerts: failed flow runs of mlcore deployments and worse models -> {url} "
+        f"(Prefect API {api_url})",
         soft_wrap=True,
     )

@@ -144,7 +144,9 @@ def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
         )  # fmt: skip
         assert installed.returncode == 0, installed.stdout
-        assert f"alerts: failed flow runs of mlcore deployments -> {url}" in installed.stdout
+        assert f"alerts: failed flow runs of mlcore deployments and worse models -> {url}" in (
+            installed.stdout
+        )
 
         with temporary_settings(updates={PREFECT_API_URL: prefect.url}):
             # a second install changes nothing but the block's and automation's contents
