@@ -113,6 +113,16 @@ def test_sigterm_ends_the_run_killed_and_stops_what_the_cli_started(tmp_path):
     assert _wait_gone(started) == []
 
 
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT as in a terminal's foreground (Python's default handler) for the test: a test
+    process started in the background of a non-interactive shell inherits SIGINT ignored, and
+    the CLI rightly leaves an ignored signal ignored (as under nohup)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _sigint_after_first_epoch(monkeypatch) -> dict:
     """A real SIGINT to this process (where the CLI runs) as the ConvNet's first epoch ends;
     the returned dict gets the run's id."""
@@ -131,7 +141,9 @@ def _sigint_after_first_epoch(monkeypatch) -> dict:
     return seen
 
 
-def test_ctrl_c_ends_the_run_killed(prefect_harness, data_env, mlflow_store, monkeypatch):
+def test_ctrl_c_ends_the_run_killed(
+    prefect_harness, data_env, mlflow_store, monkeypatch, terminal_sigint
+):
     """A real SIGINT to this process (the CLI runs in it) as the first epoch ends."""
     seen = _sigint_after_first_epoch(monkeypatch)
     before = signal.getsignal(signal.SIGINT)
@@ -147,7 +159,7 @@ def test_ctrl_c_ends_the_run_killed(prefect_harness, data_env, mlflow_store, mon
 
 
 def test_a_run_its_flow_could_not_end_is_ended_by_the_command(
-    prefect_harness, data_env, mlflow_store, monkeypatch
+    prefect_harness, data_env, mlflow_store, monkeypatch, terminal_sigint
 ):
     """A signal can land while the flow writes to the store, and the flow's own end of its
     run can fail; the command still ends every run it owned that is left RUNNING, KILLED
