@@ -257,21 +257,34 @@ def test_mlcore_serve_alone_runs_an_every_minute_schedule(tmp_path):
 
 
 def test_mlcore_server_starts_both_servers_on_loopback_and_stops_them(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.alerts import AUTOMATION_NAME, REGRESSION_AUTOMATION_NAME
+
     pp, mp = free_port(), free_port()
+    hook = f"http://127.0.0.1:{free_port()}/hook"  # installing posts nothing
     backend = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "flows.cli", "server", "--prefect-port", str(pp),
            "--mlflow-port", str(mp), "--mlflow-backend", backend,
            "--artifacts", str(tmp_path / "artifacts"),
-           "--logs", str(tmp_path / "logs")]  # fmt: skip
+           "--logs", str(tmp_path / "logs"), "--alert-url", hook]  # fmt: skip
     env = {**os.environ, "PREFECT_HOME": str(prefect_home(tmp_path / "ph"))}
     out = open(tmp_path / "server.out", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     try:
         deadline, printed = time.monotonic() + 180, tmp_path / "server.out"
-        while time.monotonic() < deadline and "MLflow       http" not in printed.read_text():
+        while time.monotonic() < deadline and "alerts: " not in printed.read_text():
             assert proc.poll() is None, (tmp_path / "server.out").read_text()
             time.sleep(0.5)
+        assert f"-> {hook} (Prefect API http://127.0.0.1:{pp}/api)" in printed.read_text()
+        # --alert-url installed both automations on the server it started
+        with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{pp}/api"}):
+            with get_client(sync_client=True) as client:
+                for name in (AUTOMATION_NAME, REGRESSION_AUTOMATION_NAME):
+                    (automation,) = client.read_automations_by_name(name)
+                    assert automation.enabled and automation.actions, name
         assert f"Prefect API  http://127.0.0.1:{pp}/api" in printed.read_text()
         assert f"MLflow       http://127.0.0.1:{mp}" in printed.read_text()
         for url in (f"http://127.0.0.1:{pp}/api/health", f"http://127.0.0.1:{mp}/health"):
