@@ -66,48 +66,50 @@ def flow_run_link() -> str:
 def alert_automation(block_id: UUID):
     """The automation (not yet saved): a flow run tagged ``mlcore`` entering one of
     ``FAILED_STATES`` sends one message through the notification block ``block_id``."""
-    from prefect.automations import Automation
-    from prefect.events.actions import SendNotification
-    from prefect.events.schemas.automations import EventTrigger, Posture
-
-    return Automation(
-        name=AUTOMATION_NAME,
-        description="Posts a message when a flow run of an mlcore deployment fails "
+    return _automation(
+        AUTOMATION_NAME,
+        "Posts a message when a flow run of an mlcore deployment fails "
         "(installed by `mlcore alerts`).",
-        trigger=EventTrigger(
-            expect={f"prefect.flow-run.{state}" for state in FAILED_STATES},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={
-                "prefect.resource.role": "tag",
-                "prefect.resource.id": f"prefect.tag.{ALERT_TAG}",
-            },
-            posture=Posture.Reactive,
-            threshold=1,
-        ),
-        actions=[
-            SendNotification(
-                block_document_id=block_id,
-                subject=SUBJECT,
-                body=BODY.replace("__UI__", flow_run_link()),
-            )
-        ],
+        {f"prefect.flow-run.{state}" for state in FAILED_STATES},
+        "prefect.flow-run.*",
+        SUBJECT,
+        BODY,
+        block_id,
     )
 
 
 def regression_automation(block_id: UUID):
     """The automation (not yet saved): an ``mlcore.model.regressed`` event from a flow run
     tagged ``mlcore`` sends one message through the notification block ``block_id``."""
+    return _automation(
+        REGRESSION_AUTOMATION_NAME,
+        "Posts a message when a run of an mlcore deployment made a model worse than the "
+        "registry's champion (installed by `mlcore alerts`).",
+        {REGRESSION_EVENT},
+        "mlcore.model.*",
+        REGRESSION_SUBJECT,
+        REGRESSION_BODY,
+        block_id,
+    )
+
+
+def _automation(
+    name: str, description: str, expect: set[str], resource: str, subject: str, body: str,
+    block_id: UUID,
+):  # fmt: skip
+    """An automation on the events ``expect`` of resources matching ``resource`` related to a
+    flow run tagged ``mlcore``: one message (``subject``, ``body`` with the flow run's UI link
+    for ``__UI__``) through the notification block ``block_id``."""
     from prefect.automations import Automation
     from prefect.events.actions import SendNotification
     from prefect.events.schemas.automations import EventTrigger, Posture
 
     return Automation(
-        name=REGRESSION_AUTOMATION_NAME,
-        description="Posts a message when a run of an mlcore deployment made a model worse "
-        "than the registry's champion (installed by `mlcore alerts`).",
+        name=name,
+        description=description,
         trigger=EventTrigger(
-            expect={REGRESSION_EVENT},
-            match={"prefect.resource.id": "mlcore.model.*"},
+            expect=expect,
+            match={"prefect.resource.id": resource},
             match_related={
                 "prefect.resource.role": "tag",
                 "prefect.resource.id": f"prefect.tag.{ALERT_TAG}",
@@ -118,8 +120,8 @@ def regression_automation(block_id: UUID):
         actions=[
             SendNotification(
                 block_document_id=block_id,
-                subject=REGRESSION_SUBJECT,
-                body=REGRESSION_BODY.replace("__UI__", flow_run_link()),
+                subject=subject,
+                body=body.replace("__UI__", flow_run_link()),
             )
         ],
     )
