@@ -22,7 +22,7 @@ extensions = [
     Extension(
         "mlcore.nn._fast",
         ["mlcore/nn/_fast.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), "mlcore/nn"],
         define_macros=macros,
         extra_compile_args=extra_compile,
         extra_link_args=openmp,

@@ -2,16 +2,20 @@
 """Cython kernels behind :mod:`mlcore.nn.fast_layers`.
 
 Fused float32/float64 kernels, all running without the GIL and split over
-OpenMP threads with ``prange`` (thread count: OpenMP's default, i.e. it respects
-``OMP_NUM_THREADS``, unless :func:`set_num_threads` overrides it):
+OpenMP threads (thread count: OpenMP's default, i.e. it respects
+``OMP_NUM_THREADS``, unless :func:`set_num_threads` overrides it). Every parallel
+loop of a training step is here, in one threading runtime: numpy's BLAS is not
+called in the middle of it (its threads, spinning after a call, took the cores
+the kernels' threads needed), and no result depends on the thread count.
 
-* ``im2col`` / ``col2im``: the column matrix of a convolution, padding handled
-  in the kernel (no padded copy of the input).  The column matrix is addressed as
-  ``cols[r * s_row + n * s_n + i * Wo + j]`` with ``r = (c * HH + kh) * WW + kw``,
-  so one kernel fills either layout the caller picks:
-  ``(C*HH*WW, N, Ho*Wo)`` (``s_row = N*Ho*Wo, s_n = Ho*Wo``) or
-  ``(N, C*HH*WW, Ho*Wo)`` (``s_row = Ho*Wo, s_n = C*HH*WW*Ho*Wo``).
-  ``col2im`` overwrites ``dx`` with the scatter-add of the columns.
+* ``gemm``: the matrix product (C code in ``_gemm.h``): every output element
+  summed in an order fixed by the shapes alone, one fused multiply-add per term,
+  an AVX2 kernel where the CPU has it (the same bits as the portable one).
+* ``conv_forward`` / ``conv_backward_w`` / ``conv_backward_x``: convolution as
+  an implicit GEMM: the product packs its blocks of the column matrix straight
+  from the image (zero padding included), so no column matrix is ever built;
+  image by image (threads over images), the weight gradient summed in fixed
+  groups of images and then the groups in order.
 * ``maxpool_forward`` / ``maxpool_backward``: direct pooling for any window and
   stride (tiling or overlapping, trailing rows/columns that fit no window are
   ignored), forward records the flat ``h * W + w`` index (int32) of the first
@@ -24,7 +28,6 @@ touched, so a mismatched call cannot read or write outside the arrays.
 """
 
 from cython.parallel cimport prange
-from libc.string cimport memcpy, memset
 
 cimport numpy as cnp
 
@@ -84,21 +87,6 @@ cdef inline bint _same4(Py_ssize_t* a, Py_ssize_t* b) noexcept:
     return a[0] == b[0] and a[1] == b[1] and a[2] == b[2] and a[3] == b[3]
 
 
-cdef inline Py_ssize_t _col_lo(Py_ssize_t off, Py_ssize_t stride, Py_ssize_t width,
-                               Py_ssize_t n_out) noexcept nogil:
-    """First output position j with j * stride + off >= 0 (clamped to [0, _col_hi])."""
-    cdef Py_ssize_t a = 0 if off >= 0 else (-off + stride - 1) // stride
-    cdef Py_ssize_t b = _col_hi(off, stride, width, n_out)
-    return a if a < b else b
-
-
-cdef inline Py_ssize_t _col_hi(Py_ssize_t off, Py_ssize_t stride, Py_ssize_t width,
-                               Py_ssize_t n_out) noexcept nogil:
-    """One past the last output position j with j * stride + off < width (clamped to n_out)."""
-    cdef Py_ssize_t b = (width - 1 - off) // stride + 1 if width - 1 - off >= 0 else 0
-    return b if b < n_out else n_out
-
-
 def _check_geometry(Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride, Py_ssize_t pad,
                     Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo):
     if HH < 1 or WW < 1 or stride < 1 or pad < 0:
@@ -106,97 +94,6 @@ def _check_geometry(Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride, Py_ssize_t 
     if Ho < 0 or Wo < 0 or (Ho > 0 and (Ho - 1) * stride + HH > H + 2 * pad) or \
             (Wo > 0 and (Wo - 1) * stride + WW > W + 2 * pad):
         raise ValueError("output size does not fit the padded input")
-
-
-def _check_cols(Py_ssize_t size, Py_ssize_t N, Py_ssize_t K, Py_ssize_t P,
-                Py_ssize_t s_row, Py_ssize_t s_n):
-    if s_row < 0 or s_n < 0:
-        raise ValueError("column strides must be >= 0")
-    if N == 0 or K == 0 or P == 0:
-        return
-    if (K - 1) * s_row + (N - 1) * s_n + P > size:
-        raise ValueError("column buffer too small for the given strides")
-
-
-def im2col(const floating_t[:, :, :, ::1] x, floating_t[::1] cols,
-           Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride, Py_ssize_t pad,
-           Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t s_row, Py_ssize_t s_n):
-    """Fill ``cols`` (flat) with the receptive fields of ``x`` (N, C, H, W), zero padding."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t P = Ho * Wo
-    _check_geometry(HH, WW, stride, pad, H, W, Ho, Wo)
-    _check_cols(cols.shape[0], N, C * HH * WW, P, s_row, s_n)
-    if N == 0 or C == 0 or P == 0:
-        return
-    cdef Py_ssize_t nc, n, c, kh, kw, r, base, dst, i, j, h, off, lo, hi, src
-    with nogil:
-        for nc in prange(N * C, schedule="static", num_threads=_threads_for(N * C)):
-            n = nc // C
-            c = nc % C
-            for kh in range(HH):
-                for kw in range(WW):
-                    r = (c * HH + kh) * WW + kw
-                    base = r * s_row + n * s_n
-                    off = kw - pad
-                    lo = _col_lo(off, stride, W, Wo)
-                    hi = _col_hi(off, stride, W, Wo)
-                    for i in range(Ho):
-                        h = i * stride - pad + kh
-                        dst = base + i * Wo
-                        if h < 0 or h >= H:
-                            memset(&cols[dst], 0, Wo * sizeof(floating_t))
-                        else:
-                            for j in range(lo):
-                                cols[dst + j] = 0
-                            if stride == 1:  # a contiguous run of the input row
-                                if hi > lo:
-                                    memcpy(&cols[dst + lo], &x[n, c, h, lo + off],
-                                           (hi - lo) * sizeof(floating_t))
-                            else:
-                                for j in range(lo, hi):
-                                    cols[dst + j] = x[n, c, h, j * stride + off]
-                            for j in range(hi, Wo):
-                                cols[dst + j] = 0
-
-
-def col2im(const floating_t[::1] cols, floating_t[:, :, :, ::1] dx,
-           Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride, Py_ssize_t pad,
-           Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t s_row, Py_ssize_t s_n):
-    """Overwrite ``dx`` (N, C, H, W) with the sum of the columns over the receptive fields."""
-    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef Py_ssize_t P = Ho * Wo
-    _check_geometry(HH, WW, stride, pad, H, W, Ho, Wo)
-    _check_cols(cols.shape[0], N, C * HH * WW, P, s_row, s_n)
-    if N == 0 or C == 0 or H == 0 or W == 0:
-        return
-    cdef Py_ssize_t nc, n, c, kh, kw, r, base, src, i, j, h, w, off, lo, hi
-    with nogil:
-        for nc in prange(N * C, schedule="static", num_threads=_threads_for(N * C)):
-            n = nc // C
-            c = nc % C
-            for h in range(H):
-                for w in range(W):
-                    dx[n, c, h, w] = 0
-            if P == 0:
-                continue
-            for kh in range(HH):
-                for kw in range(WW):
-                    r = (c * HH + kh) * WW + kw
-                    base = r * s_row + n * s_n
-                    off = kw - pad
-                    lo = _col_lo(off, stride, W, Wo)
-                    hi = _col_hi(off, stride, W, Wo)
-                    for i in range(Ho):
-                        h = i * stride - pad + kh
-                        if h < 0 or h >= H:
-                            continue
-                        src = base + i * Wo
-                        if stride == 1:
-                            for j in range(lo, hi):
-                                dx[n, c, h, j + off] += cols[src + j]
-                        else:
-                            for j in range(lo, hi):
-                                dx[n, c, h, j * stride + off] += cols[src + j]
 
 
 def maxpool_forward(const floating_t[:, :, :, ::1] x, floating_t[:, :, :, ::1] out,
@@ -337,3 +234,154 @@ def adam_update(const floating_t[::1] w, const floating_t[::1] dw, const floatin
                 mlcore_adam_d(&w[0], &dw[0], &m[0], &v[0], &next_w[0], &next_m[0],
                               &next_v[0], lo, hi, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
                               k1, k2, lr, eps)
+
+
+cdef extern from "_gemm.h":
+    int mlcore_gemm_f(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* A, Py_ssize_t rsa,
+                      Py_ssize_t csa, const float* B, Py_ssize_t rsb, Py_ssize_t csb,
+                      float* C, Py_ssize_t ldc, int accumulate, int nthreads) noexcept nogil
+    int mlcore_gemm_d(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const double* A,
+                      Py_ssize_t rsa, Py_ssize_t csa, const double* B, Py_ssize_t rsb,
+                      Py_ssize_t csb, double* C, Py_ssize_t ldc, int accumulate,
+                      int nthreads) noexcept nogil
+    int mlcore_conv_forward_f(const float* x, const float* wb, float* out, Py_ssize_t N,
+                              Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
+                              Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride, Py_ssize_t pad,
+                              Py_ssize_t Ho, Py_ssize_t Wo, int nthreads) noexcept nogil
+    int mlcore_conv_forward_d(const double* x, const double* wb, double* out, Py_ssize_t N,
+                              Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
+                              Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride, Py_ssize_t pad,
+                              Py_ssize_t Ho, Py_ssize_t Wo, int nthreads) noexcept nogil
+    int mlcore_conv_backward_w_f(const float* x, const float* dout, float* dwbT, Py_ssize_t N,
+                                 Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
+                                 Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
+                                 Py_ssize_t pad, Py_ssize_t Ho, Py_ssize_t Wo,
+                                 int nthreads) noexcept nogil
+    int mlcore_conv_backward_w_d(const double* x, const double* dout, double* dwbT,
+                                 Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                 Py_ssize_t F, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
+                                 Py_ssize_t pad, Py_ssize_t Ho, Py_ssize_t Wo,
+                                 int nthreads) noexcept nogil
+    int mlcore_conv_backward_x_f(const float* w2, const float* dout, float* dx, Py_ssize_t N,
+                                 Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
+                                 Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
+                                 Py_ssize_t pad, Py_ssize_t Ho, Py_ssize_t Wo,
+                                 int nthreads) noexcept nogil
+    int mlcore_conv_backward_x_d(const double* w2, const double* dout, double* dx,
+                                 Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                 Py_ssize_t F, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
+                                 Py_ssize_t pad, Py_ssize_t Ho, Py_ssize_t Wo,
+                                 int nthreads) noexcept nogil
+
+
+def gemm(const floating_t[:, :] a, const floating_t[:, :] b, floating_t[:, ::1] out,
+         bint accumulate=False):
+    """``out = a @ b`` (or ``out += a @ b``): a (M, K) and b (K, N) with any strides (a
+    transposed view costs no copy), out (M, N) C-contiguous and not overlapping a or b.
+
+    Each element is summed over k in ascending order in fixed blocks, one fused multiply-add
+    per term (see _gemm_impl.h): the same bits on any number of threads and on any machine;
+    threads split the output into tiles."""
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = b.shape[1]
+    if b.shape[0] != K or out.shape[0] != M or out.shape[1] != N:
+        raise ValueError(
+            f"gemm: shapes a {tuple(a.shape)[:2]}, b {tuple(b.shape)[:2]}, "
+            f"out {tuple(out.shape)[:2]} do not chain as (M, K) @ (K, N) -> (M, N)")
+    if M == 0 or N == 0:
+        return
+    cdef Py_ssize_t it = sizeof(floating_t)
+    cdef Py_ssize_t rsa = a.strides[0] // it, csa = a.strides[1] // it
+    cdef Py_ssize_t rsb = b.strides[0] // it, csb = b.strides[1] // it
+    cdef const floating_t* pa = &a[0, 0] if K > 0 else NULL
+    cdef const floating_t* pb = &b[0, 0] if K > 0 else NULL
+    cdef int nt = _threads()
+    cdef int rc
+    with nogil:
+        if floating_t is float:
+            rc = mlcore_gemm_f(M, N, K, pa, rsa, csa, pb, rsb, csb, &out[0, 0], N,
+                               accumulate, nt)
+        else:
+            rc = mlcore_gemm_d(M, N, K, pa, rsa, csa, pb, rsb, csb, &out[0, 0], N,
+                               accumulate, nt)
+    if rc != 0:
+        raise MemoryError("gemm: could not allocate its work buffers")
+
+
+def conv_forward(const floating_t[:, :, :, ::1] x, const floating_t[:, ::1] wb,
+                 floating_t[:, :, :, ::1] out, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
+                 Py_ssize_t pad):
+    """``out`` (N, F, Ho, Wo) = the convolution of ``x`` (N, C, H, W) with ``wb`` (F, C*HH*WW
+    + 1): each filter's weights flattened, then its bias. No column matrix is built: the
+    product packs its blocks straight from the image. Threads over images."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = wb.shape[0], Ho = out.shape[2], Wo = out.shape[3]
+    _check_geometry(HH, WW, stride, pad, H, W, Ho, Wo)
+    if wb.shape[1] != C * HH * WW + 1 or out.shape[0] != N or out.shape[1] != F:
+        raise ValueError("conv_forward: wb / out shapes do not match x and the filter size")
+    if N == 0 or F == 0 or Ho == 0 or Wo == 0:
+        return
+    cdef int nt = _threads(), rc
+    with nogil:
+        if floating_t is float:
+            rc = mlcore_conv_forward_f(&x[0, 0, 0, 0], &wb[0, 0], &out[0, 0, 0, 0], N, C, H, W,
+                                       F, HH, WW, stride, pad, Ho, Wo, nt)
+        else:
+            rc = mlcore_conv_forward_d(&x[0, 0, 0, 0], &wb[0, 0], &out[0, 0, 0, 0], N, C, H, W,
+                                       F, HH, WW, stride, pad, Ho, Wo, nt)
+    if rc != 0:
+        raise MemoryError("conv_forward: could not allocate its work buffers")
+
+
+def conv_backward_w(const floating_t[:, :, :, ::1] x, const floating_t[:, :, :, ::1] dout,
+                    floating_t[:, ::1] dwbT, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
+                    Py_ssize_t pad):
+    """``dwbT`` (C*HH*WW + 1, F) = [dw | db] transposed, from the forward input ``x`` and
+    ``dout`` (N, F, Ho, Wo); images summed in fixed groups, then the groups in order."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = dout.shape[1], Ho = dout.shape[2], Wo = dout.shape[3]
+    _check_geometry(HH, WW, stride, pad, H, W, Ho, Wo)
+    if dout.shape[0] != N or dwbT.shape[0] != C * HH * WW + 1 or dwbT.shape[1] != F:
+        raise ValueError("conv_backward_w: dout / dwbT shapes do not match x")
+    if F == 0:
+        return
+    cdef int nt = _threads(), rc
+    with nogil:
+        if floating_t is float:
+            rc = mlcore_conv_backward_w_f(&x[0, 0, 0, 0] if N > 0 else NULL,
+                                          &dout[0, 0, 0, 0] if N > 0 and Ho * Wo > 0 else NULL,
+                                          &dwbT[0, 0], N, C, H, W, F, HH, WW, stride, pad,
+                                          Ho, Wo, nt)
+        else:
+            rc = mlcore_conv_backward_w_d(&x[0, 0, 0, 0] if N > 0 else NULL,
+                                          &dout[0, 0, 0, 0] if N > 0 and Ho * Wo > 0 else NULL,
+                                          &dwbT[0, 0], N, C, H, W, F, HH, WW, stride, pad,
+                                          Ho, Wo, nt)
+    if rc != 0:
+        raise MemoryError("conv_backward_w: could not allocate its work buffers")
+
+
+def conv_backward_x(const floating_t[:, ::1] w2, const floating_t[:, :, :, ::1] dout,
+                    floating_t[:, :, :, ::1] dx, Py_ssize_t HH, Py_ssize_t WW,
+                    Py_ssize_t stride, Py_ssize_t pad):
+    """``dx`` (N, C, H, W) = the input gradient from ``w2`` (F, C*HH*WW) and ``dout``
+    (N, F, Ho, Wo), image by image (threads over images)."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t F = dout.shape[1], Ho = dout.shape[2], Wo = dout.shape[3]
+    _check_geometry(HH, WW, stride, pad, H, W, Ho, Wo)
+    if dout.shape[0] != N or w2.shape[0] != F or w2.shape[1] != C * HH * WW:
+        raise ValueError("conv_backward_x: w2 / dout shapes do not match dx")
+    if N == 0 or C * H * W == 0:
+        return
+    if F == 0 or Ho * Wo == 0:
+        dx[...] = 0
+        return
+    cdef int nt = _threads(), rc
+    with nogil:
+        if floating_t is float:
+            rc = mlcore_conv_backward_x_f(&w2[0, 0], &dout[0, 0, 0, 0], &dx[0, 0, 0, 0], N, C,
+                                          H, W, F, HH, WW, stride, pad, Ho, Wo, nt)
+        else:
+            rc = mlcore_conv_backward_x_d(&w2[0, 0], &dout[0, 0, 0, 0], &dx[0, 0, 0, 0], N, C,
+                                          H, W, F, HH, WW, stride, pad, Ho, Wo, nt)
+    if rc != 0:
+        raise MemoryError("conv_backward_x: could not allocate its work buffers")

@@ -2,15 +2,13 @@
 :mod:`mlcore.nn.layers`).
 
 * ``conv_forward_fast(x, w, b, conv_param) -> (out, cache)`` and
-  ``conv_backward_fast(dout, cache) -> (dx, dw, db)``: im2col + GEMM through numpy's BLAS.
-  The Cython extension :mod:`mlcore.nn._fast` builds the column matrix directly in the
-  layout the GEMMs want, (C*HH*WW + 1, N, H'*W'), with the zero padding handled inside the
-  kernel (no padded copy of the input) and a last row of ones that carries the bias. The
-  forward is one GEMM over all images (no separate bias pass) and one copy into NCHW. The
-  columns stay in the cache; the backward copies dout to (F, N*H'*W') once and runs two
-  single large GEMMs, [dw | db] = dout @ cols^T (the ones row gives db) and the column
-  gradient w^T @ dout (into a reused per-thread scratch buffer), which ``col2im`` sums
-  into dx.
+  ``conv_backward_fast(dout, cache) -> (dx, dw, db)``: convolution as an implicit GEMM in
+  the Cython extension :mod:`mlcore.nn._fast`: mlcore's own matrix-product kernel packs its
+  blocks of the column matrix straight from the image (zero padding included, a row of ones
+  carrying the bias), so the column matrix is never built and the working set stays in the
+  caches. Image by image: the forward writes NCHW directly; the backward's [dw | db] sums the
+  images in fixed groups, then the groups in order; dx runs the column gradient of one image
+  at a time through ``col2im``. The cache holds the input.
 * ``max_pool_forward_fast(x, pool_param) -> (out, cache)`` and
   ``max_pool_backward_fast(dout, cache) -> dx``: one pass over the input recording the
   (int32) position of each window's first maximum, and a scatter-add back through it. Any
@@ -18,22 +16,22 @@
 
 The cache is opaque: pass to the backward function exactly what the forward returned.
 Outputs keep the input dtype (float32 in, float32 out; everything else is computed in
-float64). The kernels release the GIL and use OpenMP threads (``OMP_NUM_THREADS``).
+float64). The kernels release the GIL and use OpenMP threads (``OMP_NUM_THREADS``); every
+sum runs in an order fixed by the shapes, so the results are the same bits on any number of
+threads (see :mod:`mlcore.nn.linalg`).
 
 Without the compiled extension (a source checkout never built), or with the environment
 variable ``MLCORE_NO_EXTENSION=1`` set at import, or after ``use_extension(False)``, the same
 functions run a vectorised numpy implementation and warn once per process.
 ``HAVE_EXTENSION`` says whether the extension could be imported.
 
-Importing this module changes no process-wide state: the entry points set
-``OMP_WAIT_POLICY=passive`` (see the comment at the import).
+Importing this module changes no process-wide state, and the layers need no setting: no
+numpy BLAS call runs between the kernels' parallel loops (see docs/fast-layers.md).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import threading
 import warnings
 from typing import NamedTuple
 
@@ -41,10 +39,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 # Importing this module changes nothing in the process (no environment variable, thread pool
-# or warning filter). The kernels' OpenMP threads alternate with numpy's OpenBLAS threads, and
-# OpenMP threads that spin after a parallel region take the cores the next GEMM needs: the
-# entry points (the CLI, bench.layers' mlcore worker) set OMP_WAIT_POLICY=passive before
-# anything loads libgomp; see docs/fast-layers.md.
+# or warning filter).
 try:  # the compiled kernels
     from mlcore.nn import _fast
 except ImportError:  # pragma: no cover - depends on the build
@@ -81,7 +76,7 @@ def extension_active() -> bool:
     return _use_ext
 
 
-def _ext(stacklevel: int = 4):
+def _ext(stacklevel: int = 3):
     """The extension module when it is in use; else None, warning once per process (the
     warning points at the caller of the public function: ``stacklevel`` counts from here)."""
     global _warned
@@ -118,7 +113,7 @@ class _ConvCache(NamedTuple):
     w: np.ndarray  # (F, C, HH, WW) in the compute dtype, C-contiguous
     stride: int
     pad: int
-    cols: np.ndarray  # (C*HH*WW + 1, N, Ho*Wo): receptive fields, then a row of ones
+    x: np.ndarray  # the input in the compute dtype, C-contiguous
     need_dx: bool = True
 
     def without_dx(self) -> _ConvCache:
@@ -127,79 +122,14 @@ class _ConvCache(NamedTuple):
         return self._replace(need_dx=False)
 
 
-_scratch = threading.local()
-
-
-def _scratch_array(name, shape, dtype) -> np.ndarray:
-    """A per-thread reusable buffer for temporaries of the backward pass: reusing it saves
-    the page faults (and kernel zeroing) of a fresh multi-megabyte allocation per call."""
-    dtype = np.dtype(dtype)
-    n = int(np.prod(shape))
-    key = f"{name}_{dtype.char}"
-    buf = getattr(_scratch, key, None)
-    if buf is None or buf.size < n or buf.size > 4 * max(n, 1 << 16):
-        buf = np.empty(max(n, 1), dtype=dtype)
-        setattr(_scratch, key, buf)
-    return buf[:n].reshape(shape)
-
-
-_POOL_SIZE = 4  # column buffers kept per thread for reuse
-
-
-def _refs_of_a_free_buffer() -> int:
-    """What ``sys.getrefcount`` says of a pooled buffer nothing else refers to, measured the
-    way `_column_buffer` looks (the interpreter may borrow references: Python 3.14 counts
-    fewer than 3.11, so the threshold is calibrated, not hard-coded)."""
-    pool = [np.empty(1)]
-    for i in range(len(pool)):
-        buf = pool[i]
-        return sys.getrefcount(buf)
-    raise AssertionError("unreachable")
-
-
-_FREE_REFS = _refs_of_a_free_buffer()
-
-
-def _column_buffer(shape, dtype) -> np.ndarray:
-    """A C-contiguous array for the columns, reusing (per thread) the memory of a column
-    matrix whose cache is gone. A fresh multi-megabyte array costs page faults plus the
-    kernel zeroing every page, as much as the im2col itself. A pooled buffer is free again
-    when nothing but the pool refers to it: every view of it (the cache's cols and its
-    reshapes) holds a reference to it, so a live cache always keeps its buffer."""
-    dtype = np.dtype(dtype)
-    n = int(np.prod(shape))
-    pool = getattr(_scratch, "cols_pool", None)
-    if pool is None:
-        pool = _scratch.cols_pool = []
-    for i in range(len(pool)):
-        buf = pool[i]
-        # free: referenced only by the pool, `buf` and getrefcount's argument (no view alive)
-        if buf.dtype == dtype and buf.size == n and sys.getrefcount(buf) <= _FREE_REFS:
-            pool.append(pool.pop(i))  # most recently used last
-            return buf.reshape(shape)
-    buf = np.empty(n, dtype=dtype)
-    pool.append(buf)
-    if len(pool) > _POOL_SIZE:  # forget the least recently used buffer that is free
-        for i in range(len(pool) - 1):
-            old = pool[i]
-            if sys.getrefcount(old) <= _FREE_REFS:
-                del pool[i]
-                break
-            del old
-    return buf.reshape(shape)
-
-
 def _im2col(x, HH, WW, stride, pad, Ho, Wo):
-    """Columns (C*HH*WW + 1, N, Ho*Wo): row (c, kh, kw) holds, image by image, the input
-    values that filter tap meets at every output position; the last row is ones (the bias)."""
+    """numpy fallback: columns (C*HH*WW + 1, N, Ho*Wo): row (c, kh, kw) holds, image by
+    image, the input values that filter tap meets at every output position; the last row is
+    ones (the bias)."""
     N, C, H, W = x.shape
-    K, P = C * HH * WW, Ho * Wo
-    ext = _ext()
-    cols = _column_buffer((K + 1, N, P), x.dtype)
+    K = C * HH * WW
+    cols = np.empty((K + 1, N, Ho * Wo), dtype=x.dtype)
     cols[K] = 1
-    if ext is not None:
-        ext.im2col(x, cols.reshape(-1), HH, WW, stride, pad, Ho, Wo, N * P, P)
-        return cols
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
     win = sliding_window_view(xp, (HH, WW), axis=(2, 3))
     win = win[:, :, : (Ho - 1) * stride + 1 : stride, : (Wo - 1) * stride + 1 : stride]
@@ -209,14 +139,8 @@ def _im2col(x, HH, WW, stride, pad, Ho, Wo):
 
 
 def _col2im(dcols, x_shape, HH, WW, stride, pad, Ho, Wo, dtype):
-    """dx (N, C, H, W) from the column gradient dcols (C*HH*WW, N*Ho*Wo)."""
+    """numpy fallback: dx (N, C, H, W) from the column gradient dcols (C*HH*WW, N*Ho*Wo)."""
     N, C, H, W = x_shape
-    ext = _ext()
-    if ext is not None:
-        dx = np.empty(x_shape, dtype=dtype)
-        P = Ho * Wo
-        ext.col2im(dcols.reshape(-1), dx, HH, WW, stride, pad, Ho, Wo, N * P, P)
-        return dx
     d6 = dcols.reshape(C, HH, WW, N, Ho, Wo)
     dxp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=dtype)
     for kh in range(HH):
@@ -240,20 +164,20 @@ def conv_forward_fast(x, w, b, conv_param):
     xc = np.ascontiguousarray(x, dtype=dt)
     wc = np.ascontiguousarray(w, dtype=dt)
     K, P = C * HH * WW, Ho * Wo
-
-    cols = _im2col(xc, HH, WW, stride, pad, Ho, Wo)  # (K + 1, N, P)
-    wb = np.empty((F, K + 1), dtype=dt)  # [w | b]: the bias rides on the ones row
+    wb = np.empty((F, K + 1), dtype=dt)  # [w | b]: the bias rides on a row of ones
     wb[:, :K] = wc.reshape(F, K)
     wb[:, K] = b
     out = np.empty((N, F, Ho, Wo), dtype=dt)
-    # one GEMM over all images, (F, K + 1) @ (K + 1, N * P), then one copy into NCHW. (A GEMM
-    # per image writes NCHW directly, but N small threaded BLAS calls each wait for every
-    # BLAS thread: on a loaded machine, where a thread waits for a core, that made the
-    # forward 4x slower than this single call.)
-    res = _scratch_array("fwd", (F, N * P), dt)
-    np.matmul(wb, cols.reshape(K + 1, N * P), out=res)
-    np.copyto(out.reshape(N, F, P), res.reshape(F, N, P).transpose(1, 0, 2))
-    return out, _ConvCache(x.shape, wc, stride, pad, cols)
+    ext = _ext()
+    if ext is not None:
+        # image by image, the product packs its blocks straight from the image (no column
+        # matrix), in a fixed order of sums: the same bits on any thread count
+        ext.conv_forward(xc, wb, out, HH, WW, stride, pad)
+    else:
+        cols = _im2col(xc, HH, WW, stride, pad, Ho, Wo)  # (K + 1, N, P)
+        res = np.matmul(wb, cols.reshape(K + 1, N * P))
+        np.copyto(out.reshape(N, F, P), res.reshape(F, N, P).transpose(1, 0, 2))
+    return out, _ConvCache(x.shape, wc, stride, pad, xc)
 
 
 def conv_backward_fast(dout, cache):
@@ -261,34 +185,41 @@ def conv_backward_fast(dout, cache):
     when the cache came through ``cache.without_dx()``."""
     if not isinstance(cache, _ConvCache):
         raise ValueError("conv_backward_fast: cache must be what conv_forward_fast returned")
-    x_shape, wc, stride, pad, cols, need_dx = cache
+    x_shape, wc, stride, pad, xc, need_dx = cache
     N, C, H, W = x_shape
     F, _, HH, WW = wc.shape
-    K1, _, P = cols.shape
-    K = K1 - 1
+    Ho = 1 + (H + 2 * pad - HH) // stride
+    Wo = 1 + (W + 2 * pad - WW) // stride
+    K, P = C * HH * WW, Ho * Wo
     dout = np.asarray(dout)
-    if dout.ndim != 4 or dout.shape[:2] != (N, F) or dout.shape[2] * dout.shape[3] != P:
+    if dout.shape != (N, F, Ho, Wo):
         raise ValueError(
             f"conv_backward_fast: dout has shape {dout.shape}, the forward output was "
-            f"({N}, {F}, H', W') with H' * W' = {P}"
+            f"{(N, F, Ho, Wo)}"
         )
-    Ho, Wo = dout.shape[2], dout.shape[3]
-    dt = cols.dtype
-    gdt = _float_dtype(dt, dout.dtype)
-    if gdt != dt:  # float32 forward, float64 gradient: promote like the naive layers
-        wc, cols = wc.astype(gdt), cols.astype(gdt)
-    # dout as (F, N*P): one small copy, then two single large GEMMs
-    dflat = _scratch_array("dout", (F, N, P), gdt)
-    np.copyto(dflat, dout.reshape(N, F, P).transpose(1, 0, 2))
-    dflat = dflat.reshape(F, N * P)
-    # [dw | db] = dout @ cols^T (the ones row gives db)
-    dwb = np.matmul(dflat, cols.reshape(K1, N * P).T)
+    gdt = _float_dtype(xc.dtype, dout.dtype)
+    if gdt != xc.dtype:  # float32 forward, float64 gradient: promote like the naive layers
+        wc, xc = wc.astype(gdt), xc.astype(gdt)
+    dc = np.ascontiguousarray(dout, dtype=gdt)
+    ext = _ext()
+    if ext is not None:
+        dwbT = np.empty((K + 1, F), dtype=gdt)  # [dw | db] transposed (the ones row: db)
+        ext.conv_backward_w(xc, dc, dwbT, HH, WW, stride, pad)
+        dw = np.ascontiguousarray(dwbT[:K].T).reshape(wc.shape)
+        db = dwbT[K].copy()
+        if not need_dx:
+            return None, dw, db
+        dx = np.empty(x_shape, dtype=gdt)
+        ext.conv_backward_x(wc.reshape(F, K), dc, dx, HH, WW, stride, pad)
+        return dx, dw, db
+    cols = _im2col(xc, HH, WW, stride, pad, Ho, Wo)  # (K + 1, N, P)
+    dflat = np.ascontiguousarray(dc.reshape(N, F, P).transpose(1, 0, 2)).reshape(F, N * P)
+    dwb = dflat @ cols.reshape(K + 1, N * P).T  # [dw | db] = dout @ cols^T
     dw = dwb[:, :K].reshape(wc.shape)
     db = dwb[:, K].copy()
     if not need_dx:
         return None, dw, db
-    dcols = _scratch_array("dcols", (K, N * P), gdt)
-    np.matmul(wc.reshape(F, K).T, dflat, out=dcols)
+    dcols = wc.reshape(F, K).T @ dflat
     dx = _col2im(dcols, x_shape, HH, WW, stride, pad, Ho, Wo, gdt)
     return dx, dw, db
 
@@ -310,7 +241,7 @@ def max_pool_forward_fast(x, pool_param):
     x, ph, pw, stride, Ho, Wo = pool_geometry("max_pool_forward_fast", x, pool_param)
     N, C, H, W = x.shape
     dt = _float_dtype(x.dtype)
-    ext = _ext(stacklevel=3)
+    ext = _ext()
     if ext is not None:
         xc = np.ascontiguousarray(x, dtype=dt)
         out = np.empty((N, C, Ho, Wo), dtype=dt)
@@ -344,7 +275,7 @@ def max_pool_backward_fast(dout, cache):
             f"max_pool_backward_fast: dout has shape {dout.shape}, expected {idx.shape}"
         )
     gdt = _float_dtype(dt, dout.dtype)
-    ext = _ext(stacklevel=3)
+    ext = _ext()
     if ext is not None:
         dx = np.empty((N, C, H * W), dtype=gdt)
         ext.maxpool_backward(np.ascontiguousarray(dout, dtype=gdt), idx, dx)

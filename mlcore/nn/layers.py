@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlcore.nn.linalg import matmul
+
 # --------------------------------------------------------------------------------------------
 # validation helpers
 
@@ -93,15 +95,15 @@ def affine_forward(x, w, b):
             f"{fn}: w has {w.shape[0]} rows but x of shape {x.shape} flattens to {D} features"
         )
     _check_shape(fn, "b", b, (w.shape[1],))
-    out = x.reshape(x.shape[0], D) @ w + b
+    out = matmul(x.reshape(x.shape[0], D), w) + b
     return out, (x, w, b)
 
 
 def affine_backward(dout, cache):
     """dout: (N, M). Returns dx (N, d_1, ..., d_k), dw (D, M), db (M,)."""
     x, w, b = cache
-    dx = (dout @ w.T).reshape(x.shape)
-    dw = x.reshape(x.shape[0], -1).T @ dout
+    dx = matmul(dout, w.T).reshape(x.shape)
+    dw = matmul(x.reshape(x.shape[0], -1).T, dout)
     db = dout.sum(axis=0)
     return dx, dw, db
 

@@ -96,37 +96,59 @@ def _reference_col2im(dcols, x_shape, HH, WW, stride, pad, Ho, Wo):
     return dxp[:, :, pad : pad + H, pad : pad + W]
 
 
-def _layouts(N, K, P):
-    """(shape, s_row, s_n) of the two column layouts the kernels support."""
-    return [((K, N, P), N * P, P), ((N, K, P), P, K * P)]
-
-
-def _to_layout(cols_knp, shape):
-    return cols_knp if shape[0] == cols_knp.shape[0] else cols_knp.transpose(1, 0, 2)
-
-
-def check_im2col_col2im(kern, dtype):
+def check_conv(kern, dtype):
+    """The implicit-GEMM convolution kernels against the column matrix built with loops.
+    Small integer values: every sum is exact, so the results must equal the reference."""
     rng = np.random.default_rng(0)
     for xs, (HH, WW), stride, pad in CONV_CASES:
-        x = Guarded(xs, dtype, rng.integers(-9, 10, xs))
-        ref, Ho, Wo = _reference_cols(x.view, HH, WW, stride, pad)
         N, C = xs[:2]
+        F = 3
+        x = Guarded(xs, dtype, rng.integers(-9, 10, xs))
+        ref, Ho, Wo = _reference_cols(x.view, HH, WW, stride, pad)  # (K, N, P)
         K, P = C * HH * WW, Ho * Wo
-        dref = rng.integers(-9, 10, ref.shape).astype(dtype)
-        dx_ref = _reference_col2im(dref, xs, HH, WW, stride, pad, Ho, Wo)
-        for shape, s_row, s_n in _layouts(N, K, P):
-            cols = Guarded(shape, dtype, fill=np.nan)
-            kern.im2col(x.view, cols.view.reshape(-1), HH, WW, stride, pad, Ho, Wo, s_row, s_n)
-            np.testing.assert_array_equal(cols.view, _to_layout(ref, shape))
-            cols.assert_guards()
-            x.assert_guards()
+        cols = np.concatenate([ref, np.ones((1, N, P), dtype)])  # the bias row
+        wb = Guarded((F, K + 1), dtype, rng.integers(-9, 10, (F, K + 1)))
+        out = Guarded((N, F, Ho, Wo), dtype, fill=np.nan)
+        kern.conv_forward(x.view, wb.view, out.view, HH, WW, stride, pad)
+        expect = np.einsum("fk,knp->nfp", wb.view, cols).reshape(N, F, Ho, Wo)
+        np.testing.assert_array_equal(out.view, expect)
+        for g in (x, wb, out):
+            g.assert_guards()
 
-            dcols = Guarded(shape, dtype, _to_layout(dref, shape))
-            dx = Guarded(xs, dtype, fill=np.nan)
-            kern.col2im(dcols.view.reshape(-1), dx.view, HH, WW, stride, pad, Ho, Wo, s_row, s_n)
-            np.testing.assert_array_equal(dx.view, dx_ref)
-            dx.assert_guards()
-            dcols.assert_guards()
+        dout = Guarded((N, F, Ho, Wo), dtype, rng.integers(-9, 10, (N, F, Ho, Wo)))
+        dwbT = Guarded((K + 1, F), dtype, fill=np.nan)
+        kern.conv_backward_w(x.view, dout.view, dwbT.view, HH, WW, stride, pad)
+        d = dout.view.reshape(N, F, P)
+        np.testing.assert_array_equal(dwbT.view, np.einsum("knp,nfp->kf", cols, d))
+        w2 = Guarded((F, K), dtype, np.ascontiguousarray(wb.view[:, :K]))
+        dx = Guarded(xs, dtype, fill=np.nan)
+        kern.conv_backward_x(w2.view, dout.view, dx.view, HH, WW, stride, pad)
+        dcols = np.einsum("fk,nfp->knp", w2.view, d)
+        dx_ref = _reference_col2im(dcols, xs, HH, WW, stride, pad, Ho, Wo)
+        np.testing.assert_array_equal(dx.view, dx_ref)
+        for g in (x, dout, dwbT, w2, dx):
+            g.assert_guards()
+
+
+def check_gemm(kern, dtype):
+    """The matrix product, plain and through transposed views, against exact references."""
+    rng = np.random.default_rng(2)
+    for m, k, n in [(1, 1, 1), (7, 3, 5), (13, 300, 17), (97, 40, 33), (6, 0, 4)]:
+        a = Guarded((m, k), dtype, rng.integers(-5, 6, (m, k)))
+        b = Guarded((k, n), dtype, rng.integers(-5, 6, (k, n)))
+        at = Guarded((k, m), dtype, a.view.T)
+        bt = Guarded((n, k), dtype, b.view.T)
+        expect = a.view.astype(np.float64) @ b.view.astype(np.float64)
+        for left, right in ((a.view, b.view), (at.view.T, bt.view.T), (a.view, bt.view.T)):
+            out = Guarded((m, n), dtype, fill=np.nan)
+            kern.gemm(left, right, out.view)
+            np.testing.assert_array_equal(out.view, expect)
+            out.assert_guards()
+            kern.gemm(left, right, out.view, accumulate=True)
+            np.testing.assert_array_equal(out.view, 2 * expect)
+            out.assert_guards()
+        for g in (a, b, at, bt):
+            g.assert_guards()
 
 
 def check_pool(kern, dtype):
@@ -156,15 +178,19 @@ def check_pool(kern, dtype):
 
 def check_rejects_bad_calls(kern):
     x = np.zeros((2, 3, 5, 5))
-    small = np.zeros(3 * 9 * 2 * 9 - 1)  # one element short for 3x3 filters, 3x3 outputs
-    with pytest.raises(ValueError):
-        kern.im2col(x, small, 3, 3, 1, 0, 3, 3, 2 * 9, 9)
-    with pytest.raises(ValueError):
-        kern.col2im(small, x, 3, 3, 1, 0, 3, 3, 2 * 9, 9)
+    wb = np.zeros((4, 3 * 9 + 1))
+    with pytest.raises(ValueError):  # wb without its bias column
+        kern.conv_forward(x, np.zeros((4, 3 * 9)), np.zeros((2, 4, 3, 3)), 3, 3, 1, 0)
     with pytest.raises(ValueError):  # output size the input cannot produce
-        kern.im2col(x, np.zeros(10_000), 3, 3, 1, 0, 4, 3, 2 * 12, 12)
+        kern.conv_forward(x, wb, np.zeros((2, 4, 4, 3)), 3, 3, 1, 0)
     with pytest.raises(ValueError):
-        kern.im2col(x, np.zeros(10_000), 3, 3, 0, 0, 3, 3, 2 * 9, 9)
+        kern.conv_forward(x, wb, np.zeros((2, 4, 3, 3)), 3, 3, 0, 0)
+    with pytest.raises(ValueError):
+        kern.conv_backward_w(x, np.zeros((2, 4, 3, 3)), np.zeros((3 * 9, 4)), 3, 3, 1, 0)
+    with pytest.raises(ValueError):
+        kern.conv_backward_x(np.zeros((4, 3 * 9)), np.zeros((1, 4, 3, 3)), x, 3, 3, 1, 0)
+    with pytest.raises(ValueError):
+        kern.gemm(np.zeros((2, 3)), np.zeros((4, 2)), np.zeros((2, 2)))
     out, idx = np.zeros((2, 3, 2, 2)), np.zeros((2, 3, 2, 2), np.int32)
     with pytest.raises(ValueError):
         kern.maxpool_forward(x, out, idx, 2, 2, 0)
@@ -178,12 +204,13 @@ def check_rejects_bad_calls(kern):
         kern.maxpool_backward(out, bad, dx.view)
     dx.assert_guards()
     with pytest.raises((TypeError, ValueError)):  # mixed dtypes match no specialisation
-        kern.im2col(x.astype(np.float32), np.zeros(10_000), 3, 3, 1, 0, 3, 3, 2 * 9, 9)
+        kern.conv_forward(x.astype(np.float32), wb, np.zeros((2, 4, 3, 3)), 3, 3, 1, 0)
 
 
 def _run_all(kern):
     for dtype in (np.float32, np.float64):
-        check_im2col_col2im(kern, dtype)
+        check_conv(kern, dtype)
+        check_gemm(kern, dtype)
         check_pool(kern, dtype)
 
 
@@ -195,8 +222,13 @@ def kern():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_im2col_col2im_stay_inside(kern, dtype):
-    check_im2col_col2im(kern, dtype)
+def test_conv_kernels_stay_inside(kern, dtype):
+    check_conv(kern, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_stays_inside(kern, dtype):
+    check_gemm(kern, dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -224,7 +256,8 @@ def _build_checked(tmp: Path) -> Path:
     """Build a copy of the extension with boundscheck/wraparound on; return the .so path."""
     (tmp / "mlcore" / "nn").mkdir(parents=True)
     shutil.copy(ROOT / "setup.py", tmp / "setup.py")
-    shutil.copy(ROOT / "mlcore" / "nn" / "_fast.pyx", tmp / "mlcore" / "nn" / "_fast.pyx")
+    for name in ("_fast.pyx", "_gemm.h", "_gemm_impl.h"):
+        shutil.copy(ROOT / "mlcore" / "nn" / name, tmp / "mlcore" / "nn" / name)
     env = {**os.environ, "MLCORE_BOUNDSCHECK": "1"}
     proc = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],

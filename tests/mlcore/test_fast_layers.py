@@ -217,25 +217,19 @@ def test_conv_bad_shapes(engine, xs, ws, cp):
         fl.conv_forward_fast(np.zeros(xs), w, b, cp)
 
 
-def test_reused_column_buffers_never_clobber_live_caches(engine):
-    """Column memory is recycled once a cache is gone, never while a cache (or any view of
-    its columns) is alive: more live caches than the pool holds, backward in any order."""
+def test_live_caches_are_independent(engine):
+    """Many live caches, backward in any order, each after other forwards: every one gives
+    its own input's gradients (a cache holds its input, no buffer shared between calls)."""
     rng = np.random.default_rng(4)
     w, b, cp = rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3), {"stride": 1, "pad": 1}
     xs = [rng.standard_normal((2, 2, 6, 5)) for _ in range(7)]
     dout = rng.standard_normal((2, 3, 6, 5))
     expect = [conv_backward_naive(dout, conv_forward_naive(x, w, b, cp)[1]) for x in xs]
     caches = [fl.conv_forward_fast(x, w, b, cp)[1] for x in xs]
-    view = caches[0].cols.reshape(-1)  # outlives its cache: keeps the memory reserved
-    kept = view.copy()
-    del caches[0]
     for x in xs[::-1]:  # churn: forwards whose caches die at once
         fl.conv_forward_fast(x, w, b, cp)
-    np.testing.assert_array_equal(view, kept)
-    addresses = {c.cols.__array_interface__["data"][0] for c in caches}
-    assert len(addresses) == len(caches)
-    for k in (3, 1, 5, 0, 4, 2):
-        for a, g in zip(expect[k + 1], fl.conv_backward_fast(dout, caches[k]), strict=True):
+    for k in (3, 1, 5, 0, 6, 4, 2):
+        for a, g in zip(expect[k], fl.conv_backward_fast(dout, caches[k]), strict=True):
             assert rel_error(a, g) <= 1e-9
 
 

@@ -1,0 +1,508 @@
+/* One precision of mlcore's matrix product and convolutions, included twice by _gemm.h with
+   GT (element type), GVL (lanes of a 32-byte vector of GT), GFMA (C99 fma for GT),
+   GNAME(x) (a name) and, on x86-64, GVEC and the AVX2 intrinsics GZERO, GLOADU, GSET1,
+   GFMAV, GSTORE.
+
+   The order of every sum: C = A @ B (M x K times K x N) gives each element of C the sum over
+   k in ascending order, in blocks of MLG_KC: C = s_0, C += s_1, ... with s_b the block's own
+   running sum from zero, each term one fused multiply-add (one rounding: the AVX2 FMA
+   instruction, or C99 fma where the CPU has none, slower but the same bits). That order
+   depends on nothing but K: not on the thread count, the tile sizes, the schedule or the
+   machine. Threads split the output, never a sum.
+
+   Operands reach the kernel through packers, so a convolution's column matrix is never
+   built: its blocks are made from the image as the product needs them (implicit GEMM). */
+
+#define GNR (2 * GVL)
+
+/* A packer fills one block of an operand in the kernel's layout.
+   Left operand (rows r0..r0+m, depth k0..k0+kc): panels of MLG_MR rows,
+     dst[(r / MLG_MR) * MLG_MR * kc + kk * MLG_MR + r % MLG_MR], zero rows past m.
+   Right operand (depth k0..k0+kc, columns r0..r0+m): panels of GNR columns,
+     dst[(c / GNR) * GNR * kc + kk * GNR + c % GNR], zero columns past m. */
+typedef void (*GNAME(packer))(const void* ctx, Py_ssize_t r0, Py_ssize_t m, Py_ssize_t k0,
+                              Py_ssize_t kc, GT* dst);
+
+typedef struct {
+    const GT* p;
+    Py_ssize_t rs, cs; /* element (row, col) at p[row * rs + col * cs] */
+} GNAME(strided);
+
+static void GNAME(pack_a_strided)(const void* ctx, Py_ssize_t r0, Py_ssize_t m, Py_ssize_t k0,
+                                  Py_ssize_t kc, GT* Ap) {
+    const GNAME(strided)* s = (const GNAME(strided)*)ctx;
+    Py_ssize_t rs = s->rs, cs = s->cs;
+    const GT* A = s->p + r0 * rs + k0 * cs;
+    for (Py_ssize_t p = 0; p < m; p += MLG_MR) {
+        Py_ssize_t mr = m - p < MLG_MR ? m - p : MLG_MR;
+        const GT* a = A + p * rs;
+        if (cs == 1) {
+            for (Py_ssize_t r = 0; r < mr; r++)
+                for (Py_ssize_t kk = 0; kk < kc; kk++) Ap[kk * MLG_MR + r] = a[r * rs + kk];
+        } else {
+            for (Py_ssize_t kk = 0; kk < kc; kk++)
+                for (Py_ssize_t r = 0; r < mr; r++) Ap[kk * MLG_MR + r] = a[r * rs + kk * cs];
+        }
+        for (Py_ssize_t r = mr; r < MLG_MR; r++)
+            for (Py_ssize_t kk = 0; kk < kc; kk++) Ap[kk * MLG_MR + r] = 0;
+        Ap += MLG_MR * kc;
+    }
+}
+
+static void GNAME(pack_b_strided)(const void* ctx, Py_ssize_t c0, Py_ssize_t n, Py_ssize_t k0,
+                                  Py_ssize_t kc, GT* Bp) {
+    const GNAME(strided)* s = (const GNAME(strided)*)ctx;
+    Py_ssize_t rs = s->rs, cs = s->cs;
+    const GT* B = s->p + k0 * rs + c0 * cs;
+    Py_ssize_t nf = n / GNR;
+    if (cs == 1) {
+        /* row by row, each row read from start to end (one stream the prefetcher follows) */
+        for (Py_ssize_t kk = 0; kk < kc; kk++) {
+            const GT* src = B + kk * rs;
+            for (Py_ssize_t p = 0; p < nf; p++) {
+                GT* d = Bp + p * GNR * kc + kk * GNR;
+                for (Py_ssize_t c = 0; c < GNR; c++) d[c] = src[p * GNR + c];
+            }
+            if (n > nf * GNR) {
+                GT* d = Bp + nf * GNR * kc + kk * GNR;
+                Py_ssize_t c = 0;
+                for (; c < n - nf * GNR; c++) d[c] = src[nf * GNR + c];
+                for (; c < GNR; c++) d[c] = 0;
+            }
+        }
+        return;
+    }
+    for (Py_ssize_t p = 0; p < n; p += GNR) {
+        Py_ssize_t nr = n - p < GNR ? n - p : GNR;
+        const GT* b = B + p * cs;
+        for (Py_ssize_t c = 0; c < nr; c++)
+            for (Py_ssize_t kk = 0; kk < kc; kk++) Bp[kk * GNR + c] = b[c * cs + kk * rs];
+        for (Py_ssize_t c = nr; c < GNR; c++)
+            for (Py_ssize_t kk = 0; kk < kc; kk++) Bp[kk * GNR + c] = 0;
+        Bp += GNR * kc;
+    }
+}
+
+/* ---- the kernel ----------------------------------------------------------------------- */
+
+static void GNAME(store)(const GT* t, Py_ssize_t mr, Py_ssize_t nr, GT* c, Py_ssize_t ldc,
+                         int add) {
+    /* the valid mr x nr corner of a register tile t[MLG_MR][GNR] into C */
+    for (Py_ssize_t r = 0; r < mr; r++) {
+        GT* cr = c + r * ldc;
+        const GT* tr = t + r * GNR;
+        if (add)
+            for (Py_ssize_t j = 0; j < nr; j++) cr[j] += tr[j];
+        else
+            for (Py_ssize_t j = 0; j < nr; j++) cr[j] = tr[j];
+    }
+}
+
+static void GNAME(tile_any)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT* Ap,
+                            const GT* Bp, GT* C, Py_ssize_t ldc, int add) {
+    /* C[m x n] (+)= packed A (m x kc) @ packed B (kc x n), portable C: each term one fused
+       multiply-add (C99 fma: one rounding, the same bits as the AVX2 kernel below) */
+    GT t[MLG_MR * GNR] __attribute__((aligned(64)));
+    for (Py_ssize_t jr = 0; jr < n; jr += GNR) {
+        const GT* bp0 = Bp + (jr / GNR) * GNR * kc;
+        Py_ssize_t nr = n - jr < GNR ? n - jr : GNR;
+        for (Py_ssize_t ir = 0; ir < m; ir += MLG_MR) {
+            const GT* ap = Ap + (ir / MLG_MR) * MLG_MR * kc;
+            const GT* bp = bp0;
+            Py_ssize_t mr = m - ir < MLG_MR ? m - ir : MLG_MR;
+            for (int q = 0; q < MLG_MR * GNR; q++) t[q] = 0;
+            for (Py_ssize_t kk = 0; kk < kc; kk++) {
+                for (int r = 0; r < MLG_MR; r++) {
+                    GT a = ap[r];
+                    for (int j = 0; j < GNR; j++) t[r * GNR + j] = GFMA(a, bp[j], t[r * GNR + j]);
+                }
+                ap += MLG_MR;
+                bp += GNR;
+            }
+            GNAME(store)(t, mr, nr, C + ir * ldc + jr, ldc, add);
+        }
+    }
+}
+
+#ifdef MLG_X86
+__attribute__((target("avx2,fma")))
+static void GNAME(tile_avx2)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT* Ap,
+                             const GT* Bp, GT* C, Py_ssize_t ldc, int add) {
+    /* the same as tile_any with AVX2 FMA instructions: 6 x 2 vector accumulators */
+    GT t[MLG_MR * GNR] __attribute__((aligned(64)));
+    for (Py_ssize_t jr = 0; jr < n; jr += GNR) {
+        const GT* bp0 = Bp + (jr / GNR) * GNR * kc;
+        Py_ssize_t nr = n - jr < GNR ? n - jr : GNR;
+        for (Py_ssize_t ir = 0; ir < m; ir += MLG_MR) {
+            const GT* ap = Ap + (ir / MLG_MR) * MLG_MR * kc;
+            const GT* bp = bp0;
+            Py_ssize_t mr = m - ir < MLG_MR ? m - ir : MLG_MR;
+            GVEC c00 = GZERO(), c01 = GZERO(), c10 = GZERO(), c11 = GZERO();
+            GVEC c20 = GZERO(), c21 = GZERO(), c30 = GZERO(), c31 = GZERO();
+            GVEC c40 = GZERO(), c41 = GZERO(), c50 = GZERO(), c51 = GZERO();
+            for (Py_ssize_t kk = 0; kk < kc; kk++) {
+                GVEC b0 = GLOADU(bp), b1 = GLOADU(bp + GVL), a;
+                a = GSET1(ap[0]); c00 = GFMAV(a, b0, c00); c01 = GFMAV(a, b1, c01);
+                a = GSET1(ap[1]); c10 = GFMAV(a, b0, c10); c11 = GFMAV(a, b1, c11);
+                a = GSET1(ap[2]); c20 = GFMAV(a, b0, c20); c21 = GFMAV(a, b1, c21);
+                a = GSET1(ap[3]); c30 = GFMAV(a, b0, c30); c31 = GFMAV(a, b1, c31);
+                a = GSET1(ap[4]); c40 = GFMAV(a, b0, c40); c41 = GFMAV(a, b1, c41);
+                a = GSET1(ap[5]); c50 = GFMAV(a, b0, c50); c51 = GFMAV(a, b1, c51);
+                ap += MLG_MR;
+                bp += GNR;
+            }
+            GSTORE(t + 0 * GNR, c00); GSTORE(t + 0 * GNR + GVL, c01);
+            GSTORE(t + 1 * GNR, c10); GSTORE(t + 1 * GNR + GVL, c11);
+            GSTORE(t + 2 * GNR, c20); GSTORE(t + 2 * GNR + GVL, c21);
+            GSTORE(t + 3 * GNR, c30); GSTORE(t + 3 * GNR + GVL, c31);
+            GSTORE(t + 4 * GNR, c40); GSTORE(t + 4 * GNR + GVL, c41);
+            GSTORE(t + 5 * GNR, c50); GSTORE(t + 5 * GNR + GVL, c51);
+            GNAME(store)(t, mr, nr, C + ir * ldc + jr, ldc, add);
+        }
+    }
+}
+#endif
+
+static void GNAME(tile)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT* Ap,
+                        const GT* Bp, GT* C, Py_ssize_t ldc, int add) {
+#ifdef MLG_X86
+    if (mlcore_have_avx2_fma()) {
+        GNAME(tile_avx2)(m, n, kc, Ap, Bp, C, ldc, add);
+        return;
+    }
+#endif
+    GNAME(tile_any)(m, n, kc, Ap, Bp, C, ldc, add);
+}
+
+/* ---- one thread's product ------------------------------------------------------------- */
+
+typedef struct {
+    GT* Ap; /* MLG_MC * MLG_KC */
+    GT* Bp; /* MLG_NC * MLG_KC */
+    GT* tmp; /* max(MLG_NC, MLG_KC): one generated row */
+} GNAME(work);
+
+static int GNAME(work_alloc)(GNAME(work)* w) {
+    w->Ap = (GT*)aligned_alloc(64, sizeof(GT) * MLG_MC * MLG_KC);
+    w->Bp = (GT*)aligned_alloc(64, sizeof(GT) * MLG_NC * MLG_KC);
+    w->tmp = (GT*)aligned_alloc(64, sizeof(GT) * (MLG_NC > MLG_KC ? MLG_NC : MLG_KC));
+    return w->Ap != NULL && w->Bp != NULL && w->tmp != NULL;
+}
+
+static void GNAME(work_free)(GNAME(work)* w) {
+    free(w->Ap);
+    free(w->Bp);
+    free(w->tmp);
+}
+
+static void GNAME(gemm_serial)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, GNAME(packer) pa,
+                               const void* ca, GNAME(packer) pb, const void* cb, GT* C,
+                               Py_ssize_t ldc, int accumulate, GNAME(work)* w) {
+    /* C (M x N, row stride ldc) (+)= A @ B on the calling thread, operands through packers */
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!accumulate)
+            for (Py_ssize_t i = 0; i < M; i++) memset(C + i * ldc, 0, N * sizeof(GT));
+        return;
+    }
+    for (Py_ssize_t j0 = 0; j0 < N; j0 += MLG_NC) {
+        Py_ssize_t n = N - j0 < MLG_NC ? N - j0 : MLG_NC;
+        for (Py_ssize_t p0 = 0; p0 < K; p0 += MLG_KC) {
+            Py_ssize_t kc = K - p0 < MLG_KC ? K - p0 : MLG_KC;
+            pb(cb, j0, n, p0, kc, w->Bp);
+            for (Py_ssize_t i0 = 0; i0 < M; i0 += MLG_MC) {
+                Py_ssize_t m = M - i0 < MLG_MC ? M - i0 : MLG_MC;
+                pa(ca, i0, m, p0, kc, w->Ap);
+                GNAME(tile)(m, n, kc, w->Ap, w->Bp, C + i0 * ldc + j0, ldc,
+                            accumulate || p0 > 0);
+            }
+        }
+    }
+}
+
+static int GNAME(gemm)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const GT* A, Py_ssize_t rsa,
+                       Py_ssize_t csa, const GT* B, Py_ssize_t rsb, Py_ssize_t csb, GT* C,
+                       Py_ssize_t ldc, int accumulate, int nthreads) {
+    /* C (+)= A @ B, threads over tiles of C. 0 on success, -1 when a work buffer could not
+       be allocated (C then undefined) */
+    if (M <= 0 || N <= 0) return 0;
+    if (nthreads < 1) nthreads = 1;
+    Py_ssize_t ntm = (M + MLG_MC - 1) / MLG_MC;
+    /* tiles of C: about two per thread, whole panels, at most MLG_NC columns */
+    Py_ssize_t want = (2 * nthreads + ntm - 1) / ntm;
+    Py_ssize_t nc = (N + want - 1) / want;
+    nc = (nc + GNR - 1) / GNR * GNR;
+    if (nc > MLG_NC) nc = MLG_NC;
+    Py_ssize_t ntn = (N + nc - 1) / nc, ntiles = ntm * ntn;
+    if (nthreads > ntiles) nthreads = (int)ntiles;
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        GNAME(work) w;
+        int ok = GNAME(work_alloc)(&w);
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (Py_ssize_t t = 0; t < ntiles; t++) {
+            if (!ok) continue;
+            Py_ssize_t i0 = (t % ntm) * MLG_MC, j0 = (t / ntm) * nc;
+            Py_ssize_t m = M - i0 < MLG_MC ? M - i0 : MLG_MC;
+            Py_ssize_t n = N - j0 < nc ? N - j0 : nc;
+            GNAME(strided) a = {A + i0 * rsa, rsa, csa}, b = {B + j0 * csb, rsb, csb};
+            GNAME(gemm_serial)(m, n, K, GNAME(pack_a_strided), &a, GNAME(pack_b_strided), &b,
+                               C + i0 * ldc + j0, ldc, accumulate, &w);
+        }
+        GNAME(work_free)(&w);
+    }
+    return failed ? -1 : 0;
+}
+
+/* ---- convolution as implicit GEMM ----------------------------------------------------- */
+
+typedef struct {
+    const GT* x; /* one image, (C, H, W) C-contiguous */
+    Py_ssize_t C, H, W, HH, WW, stride, pad, Ho, Wo, K; /* K = C * HH * WW */
+} GNAME(conv);
+
+static void GNAME(im2row)(const GNAME(conv)* g, Py_ssize_t k, Py_ssize_t q0, Py_ssize_t len,
+                          GT* out) {
+    /* out[0:len] = row k of the image's column matrix at output positions q0..q0+len
+       (position q = i * Wo + j); row K is the ones row that carries the bias */
+    if (k == g->K) {
+        for (Py_ssize_t q = 0; q < len; q++) out[q] = 1;
+        return;
+    }
+    Py_ssize_t c = k / (g->HH * g->WW), kh = (k / g->WW) % g->HH, kw = k % g->WW;
+    Py_ssize_t s = g->stride, off = kw - g->pad, Wo = g->Wo, W = g->W;
+    /* output columns j whose input column j * s + off lies inside the image: [lo, hi) */
+    Py_ssize_t lo = off >= 0 ? 0 : (-off + s - 1) / s;
+    Py_ssize_t hi = W - 1 - off >= 0 ? (W - 1 - off) / s + 1 : 0;
+    if (hi > Wo) hi = Wo;
+    if (lo > hi) lo = hi;
+    const GT* xc = g->x + c * g->H * W;
+    Py_ssize_t q = q0, end = q0 + len;
+    while (q < end) {
+        Py_ssize_t i = q / Wo, j = q % Wo;
+        Py_ssize_t run = Wo - j < end - q ? Wo - j : end - q;
+        Py_ssize_t h = i * s - g->pad + kh;
+        GT* o = out + (q - q0); /* o[jj - j] is position (i, jj) */
+        if (h < 0 || h >= g->H) {
+            for (Py_ssize_t jj = 0; jj < run; jj++) o[jj] = 0;
+        } else {
+            const GT* xr = xc + h * W;
+            Py_ssize_t b = j + run;
+            Py_ssize_t l = lo < j ? j : (lo < b ? lo : b);
+            Py_ssize_t r = hi > b ? b : (hi > l ? hi : l);
+            for (Py_ssize_t jj = j; jj < l; jj++) o[jj - j] = 0;
+            if (s == 1)
+                for (Py_ssize_t jj = l; jj < r; jj++) o[jj - j] = xr[jj + off];
+            else
+                for (Py_ssize_t jj = l; jj < r; jj++) o[jj - j] = xr[jj * s + off];
+            for (Py_ssize_t jj = r; jj < b; jj++) o[jj - j] = 0;
+        }
+        q += run;
+    }
+}
+
+typedef struct {
+    GNAME(conv) g;
+    GT* tmp; /* at least max(MLG_NC, MLG_KC) */
+} GNAME(convpack);
+
+static void GNAME(pack_b_conv)(const void* ctx, Py_ssize_t c0, Py_ssize_t n, Py_ssize_t k0,
+                               Py_ssize_t kc, GT* Bp) {
+    /* right operand = the column matrix (rows k, columns output positions) */
+    const GNAME(convpack)* cp = (const GNAME(convpack)*)ctx;
+    Py_ssize_t nf = n / GNR;
+    for (Py_ssize_t kk = 0; kk < kc; kk++) {
+        GNAME(im2row)(&cp->g, k0 + kk, c0, n, cp->tmp);
+        const GT* src = cp->tmp;
+        for (Py_ssize_t p = 0; p < nf; p++) {
+            GT* d = Bp + p * GNR * kc + kk * GNR;
+            for (Py_ssize_t c = 0; c < GNR; c++) d[c] = src[p * GNR + c];
+        }
+        if (n > nf * GNR) {
+            GT* d = Bp + nf * GNR * kc + kk * GNR;
+            Py_ssize_t c = 0;
+            for (; c < n - nf * GNR; c++) d[c] = src[nf * GNR + c];
+            for (; c < GNR; c++) d[c] = 0;
+        }
+    }
+}
+
+static void GNAME(pack_a_conv)(const void* ctx, Py_ssize_t r0, Py_ssize_t m, Py_ssize_t k0,
+                               Py_ssize_t kc, GT* Ap) {
+    /* left operand = the column matrix (rows k, depth output positions) */
+    const GNAME(convpack)* cp = (const GNAME(convpack)*)ctx;
+    for (Py_ssize_t p = 0; p < m; p += MLG_MR) {
+        Py_ssize_t mr = m - p < MLG_MR ? m - p : MLG_MR;
+        for (Py_ssize_t r = 0; r < mr; r++) {
+            GNAME(im2row)(&cp->g, r0 + p + r, k0, kc, cp->tmp);
+            for (Py_ssize_t kk = 0; kk < kc; kk++) Ap[kk * MLG_MR + r] = cp->tmp[kk];
+        }
+        for (Py_ssize_t r = mr; r < MLG_MR; r++)
+            for (Py_ssize_t kk = 0; kk < kc; kk++) Ap[kk * MLG_MR + r] = 0;
+        Ap += MLG_MR * kc;
+    }
+}
+
+static void GNAME(col2im)(const GNAME(conv)* g, const GT* cols, GT* dx) {
+    /* dx (C, H, W) of one image = the sum of its column gradient cols (K x Ho*Wo) over the
+       receptive fields, in the fixed order (kh, kw, i, j) */
+    Py_ssize_t P = g->Ho * g->Wo, s = g->stride, Wo = g->Wo, W = g->W, H = g->H;
+    memset(dx, 0, sizeof(GT) * g->C * H * W);
+    for (Py_ssize_t c = 0; c < g->C; c++) {
+        GT* d = dx + c * H * W;
+        for (Py_ssize_t kh = 0; kh < g->HH; kh++) {
+            for (Py_ssize_t kw = 0; kw < g->WW; kw++) {
+                const GT* src = cols + ((c * g->HH + kh) * g->WW + kw) * P;
+                Py_ssize_t off = kw - g->pad;
+                Py_ssize_t lo = off >= 0 ? 0 : (-off + s - 1) / s;
+                Py_ssize_t hi = W - 1 - off >= 0 ? (W - 1 - off) / s + 1 : 0;
+                if (hi > Wo) hi = Wo;
+                if (lo > hi) lo = hi;
+                for (Py_ssize_t i = 0; i < g->Ho; i++) {
+                    Py_ssize_t h = i * s - g->pad + kh;
+                    if (h < 0 || h >= H) continue;
+                    GT* dr = d + h * W;
+                    const GT* sr = src + i * Wo;
+                    if (s == 1)
+                        for (Py_ssize_t j = lo; j < hi; j++) dr[j + off] += sr[j];
+                    else
+                        for (Py_ssize_t j = lo; j < hi; j++) dr[j * s + off] += sr[j];
+                }
+            }
+        }
+    }
+}
+
+static GNAME(conv) GNAME(geometry)(const GT* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                   Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
+                                   Py_ssize_t pad, Py_ssize_t Ho, Py_ssize_t Wo) {
+    GNAME(conv) g = {x, C, H, W, HH, WW, stride, pad, Ho, Wo, C * HH * WW};
+    return g;
+}
+
+static int GNAME(conv_forward)(const GT* x, const GT* wb, GT* out, Py_ssize_t N, Py_ssize_t C,
+                               Py_ssize_t H, Py_ssize_t W, Py_ssize_t F, Py_ssize_t HH,
+                               Py_ssize_t WW, Py_ssize_t stride, Py_ssize_t pad,
+                               Py_ssize_t Ho, Py_ssize_t Wo, int nthreads) {
+    /* out[n] (F x Ho*Wo) = wb (F x K+1: weights, then the bias) @ columns of x[n], image by
+       image (threads over images) */
+    Py_ssize_t K = C * HH * WW, P = Ho * Wo;
+    if (N <= 0 || F <= 0 || P <= 0) return 0;
+    if (nthreads > N) nthreads = (int)N;
+    if (nthreads < 1) nthreads = 1;
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        GNAME(work) w;
+        int ok = GNAME(work_alloc)(&w);
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        GNAME(strided) a = {wb, K + 1, 1};
+        #pragma omp for schedule(static)
+        for (Py_ssize_t n = 0; n < N; n++) {
+            if (!ok) continue;
+            GNAME(convpack) b = {GNAME(geometry)(x + n * C * H * W, C, H, W, HH, WW, stride,
+                                                 pad, Ho, Wo), w.tmp};
+            GNAME(gemm_serial)(F, P, K + 1, GNAME(pack_a_strided), &a, GNAME(pack_b_conv), &b,
+                               out + n * F * P, P, 0, &w);
+        }
+        GNAME(work_free)(&w);
+    }
+    return failed ? -1 : 0;
+}
+
+static int GNAME(conv_backward_w)(const GT* x, const GT* dout, GT* dwbT, Py_ssize_t N,
+                                  Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
+                                  Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
+                                  Py_ssize_t pad, Py_ssize_t Ho, Py_ssize_t Wo, int nthreads) {
+    /* dwbT (K+1 x F) = columns @ dout^T summed over the images: [dw | db] transposed.
+       Fixed groups of MLG_GROUP images are summed on their own (threads over groups), then
+       the groups in order: the same sums whatever the thread count */
+    Py_ssize_t K = C * HH * WW, P = Ho * Wo, K1 = K + 1;
+    if (F <= 0) return 0;
+    if (N <= 0 || P <= 0) {
+        memset(dwbT, 0, sizeof(GT) * K1 * F);
+        return 0;
+    }
+    Py_ssize_t ng = (N + MLG_GROUP - 1) / MLG_GROUP;
+    GT* part = ng > 1 ? (GT*)malloc(sizeof(GT) * (ng - 1) * K1 * F) : NULL;
+    if (ng > 1 && part == NULL) return -1;
+    if (nthreads > ng) nthreads = (int)ng;
+    if (nthreads < 1) nthreads = 1;
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        GNAME(work) w;
+        int ok = GNAME(work_alloc)(&w);
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (Py_ssize_t gi = 0; gi < ng; gi++) {
+            if (!ok) continue;
+            GT* acc = gi == 0 ? dwbT : part + (gi - 1) * K1 * F;
+            Py_ssize_t n1 = (gi + 1) * MLG_GROUP < N ? (gi + 1) * MLG_GROUP : N;
+            for (Py_ssize_t n = gi * MLG_GROUP; n < n1; n++) {
+                GNAME(convpack) a = {GNAME(geometry)(x + n * C * H * W, C, H, W, HH, WW,
+                                                     stride, pad, Ho, Wo), w.tmp};
+                GNAME(strided) b = {dout + n * F * P, 1, P}; /* (position, f) */
+                GNAME(gemm_serial)(K1, F, P, GNAME(pack_a_conv), &a, GNAME(pack_b_strided),
+                                   &b, acc, F, n > gi * MLG_GROUP, &w);
+            }
+        }
+        GNAME(work_free)(&w);
+    }
+    if (!failed)
+        for (Py_ssize_t gi = 1; gi < ng; gi++) {
+            const GT* src = part + (gi - 1) * K1 * F;
+            for (Py_ssize_t e = 0; e < K1 * F; e++) dwbT[e] += src[e];
+        }
+    free(part);
+    return failed ? -1 : 0;
+}
+
+static int GNAME(conv_backward_x)(const GT* w2, const GT* dout, GT* dx, Py_ssize_t N,
+                                  Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
+                                  Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
+                                  Py_ssize_t pad, Py_ssize_t Ho, Py_ssize_t Wo, int nthreads) {
+    /* dx[n] = col2im(w2^T (K x F) @ dout[n] (F x Ho*Wo)), image by image (threads over
+       images; each image's column gradient lives in a per-thread buffer) */
+    Py_ssize_t K = C * HH * WW, P = Ho * Wo;
+    if (N <= 0) return 0;
+    if (nthreads > N) nthreads = (int)N;
+    if (nthreads < 1) nthreads = 1;
+    int failed = 0;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        GNAME(work) w;
+        int ok = GNAME(work_alloc)(&w);
+        GT* cols = (GT*)malloc(sizeof(GT) * (K * P > 0 ? K * P : 1));
+        if (!ok || cols == NULL) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        GNAME(strided) a = {w2, 1, K}; /* (k, f) = w2[f, k] */
+        #pragma omp for schedule(static)
+        for (Py_ssize_t n = 0; n < N; n++) {
+            if (!ok || cols == NULL) continue;
+            GNAME(conv) g = GNAME(geometry)(NULL, C, H, W, HH, WW, stride, pad, Ho, Wo);
+            GNAME(strided) b = {dout + n * F * P, P, 1};
+            GNAME(gemm_serial)(K, P, F, GNAME(pack_a_strided), &a, GNAME(pack_b_strided), &b,
+                               cols, P, 0, &w);
+            GNAME(col2im)(&g, cols, dx + n * C * H * W);
+        }
+        free(cols);
+        GNAME(work_free)(&w);
+    }
+    return failed ? -1 : 0;
+}
+
+#undef GNR
