@@ -1,15 +1,14 @@
 """Build the Cython fast-layer extension; everything else is declared in pyproject.toml."""
 
 import os
-import sys
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+threads = ["-pthread"]  # the kernels' own thread pool (_threads.h)
 # no fused multiply-add contraction: the adam kernel must round like numpy, op by op
-extra_compile = ["-O3", "-ffp-contract=off", "-fno-math-errno", *openmp]
+extra_compile = ["-O3", "-ffp-contract=off", "-fno-math-errno", *threads]
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 directives = {"language_level": 3, "boundscheck": False, "wraparound": False, "cdivision": True}
 if os.environ.get("MLCORE_BOUNDSCHECK"):
@@ -23,9 +22,15 @@ extensions = [
         "mlcore.nn._fast",
         ["mlcore/nn/_fast.pyx"],
         include_dirs=[np.get_include(), "mlcore/nn"],
+        depends=[
+            "mlcore/nn/_gemm.h",
+            "mlcore/nn/_gemm_impl.h",
+            "mlcore/nn/_layers_impl.h",
+            "mlcore/nn/_threads.h",
+        ],
         define_macros=macros,
         extra_compile_args=extra_compile,
-        extra_link_args=openmp,
+        extra_link_args=threads,
     )
 ]
 

@@ -24,13 +24,6 @@ ENVIRONMENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-    # mlcore's fast layers: idle OpenMP threads sleep instead of spinning on the cores the next
-    # BLAS call needs (read when libgomp loads; mlcore itself changes no process-wide setting).
-    "OMP_WAIT_POLICY": "passive",
-    # and OpenBLAS's threads stop spinning after 2**20 cycles (about 0.4 ms) instead of its
-    # default 2**28 (about 0.1 s), which left a thread busy through the kernels between two GEMMs
-    # (read when numpy loads OpenBLAS; measured here: a training step 5-11% faster on two cores)
-    "OPENBLAS_THREAD_TIMEOUT": "20",
     # MLflow draws a progress bar for every artifact it downloads (mlcore sweep --resume reads
     # one)
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",

@@ -1,12 +1,12 @@
 # cython: language_level=3
 """Cython kernels behind :mod:`mlcore.nn.fast_layers`.
 
-Fused float32/float64 kernels, all running without the GIL and split over
-OpenMP threads (thread count: OpenMP's default, i.e. it respects
-``OMP_NUM_THREADS``, unless :func:`set_num_threads` overrides it). Every parallel
-loop of a training step is here, in one threading runtime: numpy's BLAS is not
-called in the middle of it (its threads, spinning after a call, took the cores
-the kernels' threads needed), and no result depends on the thread count.
+Fused float32/float64 kernels (C code in the headers ``_gemm.h`` includes), all
+running without the GIL on mlcore's own thread pool (``_threads.h``: workers that
+sleep as soon as a loop ends; ``OMP_NUM_THREADS`` threads when set, else the
+usable CPUs, unless :func:`set_num_threads` overrides it). Every parallel loop of
+a training step is here, in one threading runtime: numpy's BLAS is not called in
+the middle of it, and no result depends on the thread count.
 
 * ``gemm``: the matrix product (C code in ``_gemm.h``): every output element
   summed in an order fixed by the shapes alone, one fused multiply-add per term,
@@ -16,7 +16,7 @@ the kernels' threads needed), and no result depends on the thread count.
   from the image (zero padding included), so no column matrix is ever built;
   image by image (threads over images), the weight gradient summed in fixed
   groups of images and then the groups in order.
-* ``maxpool_forward`` / ``maxpool_backward``: direct pooling for any window and
+* ``maxpool_forward`` / ``maxpool_backward`` (``_layers_impl.h``): direct pooling for any window and
   stride (tiling or overlapping, trailing rows/columns that fit no window are
   ignored), forward records the flat ``h * W + w`` index (int32) of the first
   maximum in row-major window order (NaN wins, like ``np.argmax``), backward
@@ -27,8 +27,6 @@ fully overwritten.  Shapes are checked here (ValueError) before any memory is
 touched, so a mismatched call cannot read or write outside the arrays.
 """
 
-from cython.parallel cimport prange
-
 cimport numpy as cnp
 
 cnp.import_array()
@@ -37,28 +35,17 @@ ctypedef fused floating_t:
     float
     double
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int mlcore_omp_max_threads(void) { return omp_get_max_threads(); }
-    static int mlcore_have_openmp(void) { return 1; }
-    #else
-    static int mlcore_omp_max_threads(void) { return 1; }
-    static int mlcore_have_openmp(void) { return 0; }
-    #endif
-    """
-    int mlcore_omp_max_threads() nogil
-    int mlcore_have_openmp() nogil
+cdef extern from "_gemm.h":
+    int mlcore_default_threads() nogil
 
 KERNELS_AVAILABLE = True
-HAVE_OPENMP = bool(mlcore_have_openmp())
 
-cdef int _num_threads = 0  # 0: OpenMP's default (OMP_NUM_THREADS)
+cdef int _num_threads = 0  # 0: the default (OMP_NUM_THREADS if set, else the usable CPUs)
 
 
 def set_num_threads(int n=0):
-    """Use ``n`` threads in the kernels; ``n <= 0`` restores OpenMP's default."""
+    """Use ``n`` threads in the kernels; ``n <= 0`` restores the default (``OMP_NUM_THREADS``
+    when set, else the CPUs this process may run on)."""
     global _num_threads
     _num_threads = n if n > 0 else 0
 
@@ -71,16 +58,7 @@ def get_num_threads():
 cdef inline int _threads() noexcept nogil:
     if _num_threads > 0:
         return _num_threads
-    return mlcore_omp_max_threads()
-
-
-cdef inline int _threads_for(Py_ssize_t work) noexcept nogil:
-    cdef int t = _threads()
-    if work < t:
-        t = <int>work
-    if t < 1:
-        t = 1
-    return t
+    return mlcore_default_threads()
 
 
 cdef inline bint _same4(Py_ssize_t* a, Py_ssize_t* b) noexcept:
@@ -111,34 +89,14 @@ def maxpool_forward(const floating_t[:, :, :, ::1] x, floating_t[:, :, :, ::1] o
         raise ValueError("pooling plane too large for int32 indices")
     if N == 0 or C == 0 or Ho == 0 or Wo == 0:
         return
-    cdef Py_ssize_t nc, n, c, i, j, h, h0, kh, kw, base
-    cdef floating_t b, v
-    cdef bint take
+    cdef int nt = _threads()
     with nogil:
-        for nc in prange(N * C, schedule="static", num_threads=_threads_for(N * C)):
-            n = nc // C
-            c = nc % C
-            for i in range(Ho):
-                h0 = i * stride
-                # tap-major over the row of windows, out / idx rows as the running max:
-                # branch-free selects the compiler can vectorise; strictly greater keeps
-                # the first maximum, and the first NaN wins and stays
-                for j in range(Wo):
-                    out[n, c, i, j] = x[n, c, h0, j * stride]
-                    idx[n, c, i, j] = <cnp.int32_t>(h0 * W + j * stride)
-                for kh in range(ph):
-                    h = h0 + kh
-                    for kw in range(pw):
-                        if kh == 0 and kw == 0:
-                            continue
-                        base = h * W + kw
-                        for j in range(Wo):
-                            v = x[n, c, h, j * stride + kw]
-                            b = out[n, c, i, j]
-                            take = (v > b) | ((v != v) & (b == b))
-                            out[n, c, i, j] = v if take else b
-                            idx[n, c, i, j] = (<cnp.int32_t>(base + j * stride) if take
-                                               else idx[n, c, i, j])
+        if floating_t is float:
+            mlcore_maxpool_forward_f(&x[0, 0, 0, 0], &out[0, 0, 0, 0], &idx[0, 0, 0, 0], N * C,
+                                     H, W, Ho, Wo, ph, pw, stride, nt)
+        else:
+            mlcore_maxpool_forward_d(&x[0, 0, 0, 0], &out[0, 0, 0, 0], &idx[0, 0, 0, 0], N * C,
+                                     H, W, Ho, Wo, ph, pw, stride, nt)
 
 
 def maxpool_backward(const floating_t[:, :, :, ::1] dout, const cnp.int32_t[:, :, :, ::1] idx,
@@ -148,57 +106,22 @@ def maxpool_backward(const floating_t[:, :, :, ::1] dout, const cnp.int32_t[:, :
     cdef Py_ssize_t Ho = dout.shape[2], Wo = dout.shape[3]
     if dout.shape[0] != N or dout.shape[1] != C or not _same4(idx.shape, dout.shape):
         raise ValueError("dout / idx / dx shapes do not match")
-    if N == 0 or C == 0:
+    if N == 0 or C == 0 or HW == 0:
         return
-    cdef Py_ssize_t nc, n, c, i, j, k, bad = 0
+    if Ho == 0 or Wo == 0:
+        dx[...] = 0
+        return
+    cdef Py_ssize_t bad
+    cdef int nt = _threads()
     with nogil:
-        for nc in prange(N * C, schedule="static", num_threads=_threads_for(N * C)):
-            n = nc // C
-            c = nc % C
-            for k in range(HW):
-                dx[n, c, k] = 0
-            for i in range(Ho):
-                for j in range(Wo):
-                    k = idx[n, c, i, j]
-                    if k < 0 or k >= HW:
-                        bad += 1
-                    else:
-                        dx[n, c, k] += dout[n, c, i, j]
+        if floating_t is float:
+            bad = mlcore_maxpool_backward_f(&dout[0, 0, 0, 0], &idx[0, 0, 0, 0], &dx[0, 0, 0],
+                                            N * C, HW, Ho, Wo, nt)
+        else:
+            bad = mlcore_maxpool_backward_d(&dout[0, 0, 0, 0], &idx[0, 0, 0, 0], &dx[0, 0, 0],
+                                            N * C, HW, Ho, Wo, nt)
     if bad:
         raise ValueError("pooling indices out of range (cache does not match dout)")
-
-
-cdef extern from *:
-    """
-    /* One Adam step over [lo, hi): plain C loops the compiler vectorises (GCC ivdep: no
-       dependence between iterations; the outputs may be the inputs, element for element).
-       Built with -ffp-contract=off, so every operation rounds like numpy's. */
-    #define MLCORE_ADAM(NAME, T, SQRT)                                                    \
-    static void NAME(const T* w, const T* dw, const T* m, const T* v, T* nw, T* nm, T* nv, \
-                     Py_ssize_t lo, Py_ssize_t hi, T b1, T c1, T b2, T c2, T k1, T k2,     \
-                     T lr, T eps) {                                                        \
-        _Pragma("GCC ivdep")                                                               \
-        for (Py_ssize_t i = lo; i < hi; i++) {                                             \
-            T g = dw[i];                                                                   \
-            T mi = b1 * m[i] + c1 * g;                                                     \
-            T vi = b2 * v[i] + c2 * (g * g);                                               \
-            nw[i] = w[i] - (lr * (mi / k1)) / (SQRT(vi / k2) + eps);                       \
-            nm[i] = mi;                                                                    \
-            nv[i] = vi;                                                                    \
-        }                                                                                  \
-    }
-    #include <math.h>
-    MLCORE_ADAM(mlcore_adam_f, float, sqrtf)
-    MLCORE_ADAM(mlcore_adam_d, double, sqrt)
-    """
-    void mlcore_adam_f(const float* w, const float* dw, const float* m, const float* v,
-                       float* nw, float* nm, float* nv, Py_ssize_t lo, Py_ssize_t hi,
-                       float b1, float c1, float b2, float c2, float k1, float k2, float lr,
-                       float eps) noexcept nogil
-    void mlcore_adam_d(const double* w, const double* dw, const double* m, const double* v,
-                       double* nw, double* nm, double* nv, Py_ssize_t lo, Py_ssize_t hi,
-                       double b1, double c1, double b2, double c2, double k1, double k2,
-                       double lr, double eps) noexcept nogil
 
 
 def adam_update(const floating_t[::1] w, const floating_t[::1] dw, const floating_t[::1] m,
@@ -212,28 +135,22 @@ def adam_update(const floating_t[::1] w, const floating_t[::1] dw, const floatin
     w' = w - (lr * (m' / (1-b1**t))) / (sqrt(v' / (1-b2**t)) + eps).
     The outputs may be the inputs (in place) or fresh arrays. Split over threads in fixed
     chunks: every element's arithmetic is the same whatever the thread count."""
-    cdef Py_ssize_t n = w.shape[0], chunk, k, lo, hi, nchunks
+    cdef Py_ssize_t n = w.shape[0]
     if dw.shape[0] != n or m.shape[0] != n or v.shape[0] != n or next_w.shape[0] != n or \
             next_m.shape[0] != n or next_v.shape[0] != n:
         raise ValueError("adam_update: arrays of different sizes")
     if n == 0:
         return
     cdef double k1 = 1.0 - beta1 ** t, k2 = 1.0 - beta2 ** t
-    chunk = 32768
-    nchunks = (n + chunk - 1) // chunk
+    cdef int nt = _threads()
     with nogil:
-        for k in prange(nchunks, schedule="static", num_threads=_threads_for(nchunks)):
-            lo = k * chunk
-            hi = lo + chunk if lo + chunk < n else n
-            if floating_t is float:
-                mlcore_adam_f(&w[0], &dw[0], &m[0], &v[0], &next_w[0], &next_m[0],
-                              &next_v[0], lo, hi, <float>beta1, <float>(1.0 - beta1),
-                              <float>beta2, <float>(1.0 - beta2), <float>k1, <float>k2,
-                              <float>lr, <float>eps)
-            else:
-                mlcore_adam_d(&w[0], &dw[0], &m[0], &v[0], &next_w[0], &next_m[0],
-                              &next_v[0], lo, hi, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
-                              k1, k2, lr, eps)
+        if floating_t is float:
+            mlcore_adam_f(&w[0], &dw[0], &m[0], &v[0], &next_w[0], &next_m[0], &next_v[0], n,
+                          <float>beta1, <float>(1.0 - beta1), <float>beta2,
+                          <float>(1.0 - beta2), <float>k1, <float>k2, <float>lr, <float>eps, nt)
+        else:
+            mlcore_adam_d(&w[0], &dw[0], &m[0], &v[0], &next_w[0], &next_m[0], &next_v[0], n,
+                          beta1, 1.0 - beta1, beta2, 1.0 - beta2, k1, k2, lr, eps, nt)
 
 
 cdef extern from "_gemm.h":
@@ -272,6 +189,28 @@ cdef extern from "_gemm.h":
                                  Py_ssize_t F, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
                                  Py_ssize_t pad, Py_ssize_t Ho, Py_ssize_t Wo,
                                  int nthreads) noexcept nogil
+    void mlcore_maxpool_forward_f(const float* x, float* out, cnp.int32_t* idx, Py_ssize_t NC,
+                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
+                                  Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t stride,
+                                  int nthreads) noexcept nogil
+    void mlcore_maxpool_forward_d(const double* x, double* out, cnp.int32_t* idx, Py_ssize_t NC,
+                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo,
+                                  Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t stride,
+                                  int nthreads) noexcept nogil
+    Py_ssize_t mlcore_maxpool_backward_f(const float* dout, const cnp.int32_t* idx, float* dx,
+                                         Py_ssize_t NC, Py_ssize_t HW, Py_ssize_t Ho,
+                                         Py_ssize_t Wo, int nthreads) noexcept nogil
+    Py_ssize_t mlcore_maxpool_backward_d(const double* dout, const cnp.int32_t* idx, double* dx,
+                                         Py_ssize_t NC, Py_ssize_t HW, Py_ssize_t Ho,
+                                         Py_ssize_t Wo, int nthreads) noexcept nogil
+    void mlcore_adam_f(const float* w, const float* dw, const float* m, const float* v,
+                       float* nw, float* nm, float* nv, Py_ssize_t n, float b1, float c1,
+                       float b2, float c2, float k1, float k2, float lr, float eps,
+                       int nthreads) noexcept nogil
+    void mlcore_adam_d(const double* w, const double* dw, const double* m, const double* v,
+                       double* nw, double* nm, double* nv, Py_ssize_t n, double b1, double c1,
+                       double b2, double c2, double k1, double k2, double lr, double eps,
+                       int nthreads) noexcept nogil
 
 
 def gemm(const floating_t[:, :] a, const floating_t[:, :] b, floating_t[:, ::1] out,

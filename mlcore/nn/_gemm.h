@@ -1,10 +1,14 @@
-/* mlcore's matrix product: float32 and float64 (see _gemm_impl.h for the contract). */
+/* mlcore's kernels, float32 and float64: the matrix product and the convolutions
+   (_gemm_impl.h), max pooling and Adam (_layers_impl.h), on one thread pool (_threads.h). */
 #ifndef MLCORE_GEMM_H
 #define MLCORE_GEMM_H
 
 #include <Python.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "_threads.h"
 
 #define MLG_MR 6     /* rows of a register tile */
 #define MLG_MC 96    /* rows of a C tile (a multiple of MLG_MR): its A block stays in L2 */
@@ -31,6 +35,7 @@ static int mlcore_have_avx2_fma(void) {
 #define GT float
 #define GVL 8
 #define GFMA fmaf
+#define GSQRT sqrtf
 #define GNAME(x) mlcore_##x##_f
 #define GVEC __m256
 #define GZERO _mm256_setzero_ps
@@ -40,9 +45,11 @@ static int mlcore_have_avx2_fma(void) {
 #define GFMAV _mm256_fmadd_ps
 #define GSTORE _mm256_store_ps
 #include "_gemm_impl.h"
+#include "_layers_impl.h"
 #undef GT
 #undef GVL
 #undef GFMA
+#undef GSQRT
 #undef GNAME
 #undef GVEC
 #undef GZERO
@@ -55,6 +62,7 @@ static int mlcore_have_avx2_fma(void) {
 #define GT double
 #define GVL 4
 #define GFMA fma
+#define GSQRT sqrt
 #define GNAME(x) mlcore_##x##_d
 #define GVEC __m256d
 #define GZERO _mm256_setzero_pd
@@ -64,9 +72,11 @@ static int mlcore_have_avx2_fma(void) {
 #define GFMAV _mm256_fmadd_pd
 #define GSTORE _mm256_store_pd
 #include "_gemm_impl.h"
+#include "_layers_impl.h"
 #undef GT
 #undef GVL
 #undef GFMA
+#undef GSQRT
 #undef GNAME
 #undef GVEC
 #undef GZERO

@@ -180,19 +180,27 @@ typedef struct {
     GT* Ap; /* MLG_MC * MLG_KC */
     GT* Bp; /* MLG_NC * MLG_KC */
     GT* tmp; /* max(MLG_NC, MLG_KC): one generated row */
+    GT* extra; /* a kernel's own per-thread buffer */
 } GNAME(work);
 
-static int GNAME(work_alloc)(GNAME(work)* w) {
-    w->Ap = (GT*)aligned_alloc(64, sizeof(GT) * MLG_MC * MLG_KC);
-    w->Bp = (GT*)aligned_alloc(64, sizeof(GT) * MLG_NC * MLG_KC);
-    w->tmp = (GT*)aligned_alloc(64, sizeof(GT) * (MLG_NC > MLG_KC ? MLG_NC : MLG_KC));
+static int GNAME(work_ready)(GNAME(work)* w) {
+    /* allocate a thread's buffers on its first item; 0 when memory ran out */
+    if (w->Ap == NULL) w->Ap = (GT*)aligned_alloc(64, sizeof(GT) * MLG_MC * MLG_KC);
+    if (w->Bp == NULL) w->Bp = (GT*)aligned_alloc(64, sizeof(GT) * MLG_NC * MLG_KC);
+    if (w->tmp == NULL)
+        w->tmp = (GT*)aligned_alloc(64, sizeof(GT) * (MLG_NC > MLG_KC ? MLG_NC : MLG_KC));
     return w->Ap != NULL && w->Bp != NULL && w->tmp != NULL;
 }
 
-static void GNAME(work_free)(GNAME(work)* w) {
-    free(w->Ap);
-    free(w->Bp);
-    free(w->tmp);
+static void GNAME(works_free)(GNAME(work)* ws, int n) {
+    if (ws == NULL) return;
+    for (int t = 0; t < n; t++) {
+        free(ws[t].Ap);
+        free(ws[t].Bp);
+        free(ws[t].tmp);
+        free(ws[t].extra);
+    }
+    free(ws);
 }
 
 static void GNAME(gemm_serial)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, GNAME(packer) pa,
@@ -220,6 +228,34 @@ static void GNAME(gemm_serial)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, GNAME(p
     }
 }
 
+typedef struct {
+    Py_ssize_t M, N, K, ntm, nc;
+    const GT* A;
+    Py_ssize_t rsa, csa;
+    const GT* B;
+    Py_ssize_t rsb, csb;
+    GT* C;
+    Py_ssize_t ldc;
+    int accumulate, failed;
+    GNAME(work)* ws;
+} GNAME(gemm_job);
+
+static void GNAME(gemm_item)(void* arg, Py_ssize_t t, int tid) {
+    /* one tile of C */
+    GNAME(gemm_job)* j = (GNAME(gemm_job)*)arg;
+    GNAME(work)* w = &j->ws[tid];
+    if (!GNAME(work_ready)(w)) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    Py_ssize_t i0 = (t % j->ntm) * MLG_MC, j0 = (t / j->ntm) * j->nc;
+    Py_ssize_t m = j->M - i0 < MLG_MC ? j->M - i0 : MLG_MC;
+    Py_ssize_t n = j->N - j0 < j->nc ? j->N - j0 : j->nc;
+    GNAME(strided) a = {j->A + i0 * j->rsa, j->rsa, j->csa}, b = {j->B + j0 * j->csb, j->rsb, j->csb};
+    GNAME(gemm_serial)(m, n, j->K, GNAME(pack_a_strided), &a, GNAME(pack_b_strided), &b,
+                       j->C + i0 * j->ldc + j0, j->ldc, j->accumulate, w);
+}
+
 static int GNAME(gemm)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const GT* A, Py_ssize_t rsa,
                        Py_ssize_t csa, const GT* B, Py_ssize_t rsb, Py_ssize_t csb, GT* C,
                        Py_ssize_t ldc, int accumulate, int nthreads) {
@@ -233,30 +269,14 @@ static int GNAME(gemm)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const GT* A, Py
     Py_ssize_t nc = (N + want - 1) / want;
     nc = (nc + GNR - 1) / GNR * GNR;
     if (nc > MLG_NC) nc = MLG_NC;
-    Py_ssize_t ntn = (N + nc - 1) / nc, ntiles = ntm * ntn;
+    Py_ssize_t ntiles = ntm * ((N + nc - 1) / nc);
     if (nthreads > ntiles) nthreads = (int)ntiles;
-    int failed = 0;
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        GNAME(work) w;
-        int ok = GNAME(work_alloc)(&w);
-        if (!ok) {
-            #pragma omp atomic write
-            failed = 1;
-        }
-        #pragma omp for schedule(static)
-        for (Py_ssize_t t = 0; t < ntiles; t++) {
-            if (!ok) continue;
-            Py_ssize_t i0 = (t % ntm) * MLG_MC, j0 = (t / ntm) * nc;
-            Py_ssize_t m = M - i0 < MLG_MC ? M - i0 : MLG_MC;
-            Py_ssize_t n = N - j0 < nc ? N - j0 : nc;
-            GNAME(strided) a = {A + i0 * rsa, rsa, csa}, b = {B + j0 * csb, rsb, csb};
-            GNAME(gemm_serial)(m, n, K, GNAME(pack_a_strided), &a, GNAME(pack_b_strided), &b,
-                               C + i0 * ldc + j0, ldc, accumulate, &w);
-        }
-        GNAME(work_free)(&w);
-    }
-    return failed ? -1 : 0;
+    GNAME(gemm_job) j = {M, N, K, ntm, nc, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, 0,
+                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work)))};
+    if (j.ws == NULL) return -1;
+    mlcore_parallel(GNAME(gemm_item), &j, ntiles, nthreads);
+    GNAME(works_free)(j.ws, nthreads);
+    return j.failed ? -1 : 0;
 }
 
 /* ---- convolution as implicit GEMM ----------------------------------------------------- */
@@ -385,47 +405,98 @@ static GNAME(conv) GNAME(geometry)(const GT* x, Py_ssize_t C, Py_ssize_t H, Py_s
     return g;
 }
 
+typedef struct {
+    const GT* x;     /* input (N, C, H, W) */
+    const GT* wb;    /* forward: (F, K + 1); backward_x: w2 (F, K) */
+    const GT* dout;  /* (N, F, Ho, Wo) */
+    GT* out;         /* forward: (N, F, Ho, Wo); backward_w: group sums; backward_x: dx */
+    GT* dwbT;        /* backward_w: (K + 1, F), group 0's sum */
+    Py_ssize_t N, C, H, W, F, HH, WW, stride, pad, Ho, Wo;
+    int failed;
+    GNAME(work)* ws;
+} GNAME(conv_job);
+
+static GNAME(conv) GNAME(image)(const GNAME(conv_job)* j, Py_ssize_t n) {
+    return GNAME(geometry)(j->x ? j->x + n * j->C * j->H * j->W : NULL, j->C, j->H, j->W,
+                           j->HH, j->WW, j->stride, j->pad, j->Ho, j->Wo);
+}
+
+static void GNAME(conv_forward_item)(void* arg, Py_ssize_t n, int tid) {
+    /* out[n] (F x Ho*Wo) = wb @ columns of x[n] */
+    GNAME(conv_job)* j = (GNAME(conv_job)*)arg;
+    GNAME(work)* w = &j->ws[tid];
+    if (!GNAME(work_ready)(w)) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    Py_ssize_t K = j->C * j->HH * j->WW, P = j->Ho * j->Wo;
+    GNAME(strided) a = {j->wb, K + 1, 1};
+    GNAME(convpack) b = {GNAME(image)(j, n), w->tmp};
+    GNAME(gemm_serial)(j->F, P, K + 1, GNAME(pack_a_strided), &a, GNAME(pack_b_conv), &b,
+                       j->out + n * j->F * P, P, 0, w);
+}
+
+static void GNAME(conv_backward_w_item)(void* arg, Py_ssize_t gi, int tid) {
+    /* group gi's sum over its images of columns @ dout^T, (K + 1) x F */
+    GNAME(conv_job)* j = (GNAME(conv_job)*)arg;
+    GNAME(work)* w = &j->ws[tid];
+    if (!GNAME(work_ready)(w)) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    Py_ssize_t K1 = j->C * j->HH * j->WW + 1, P = j->Ho * j->Wo, F = j->F;
+    GT* acc = gi == 0 ? j->dwbT : j->out + (gi - 1) * K1 * F;
+    Py_ssize_t n0 = gi * MLG_GROUP, n1 = n0 + MLG_GROUP < j->N ? n0 + MLG_GROUP : j->N;
+    for (Py_ssize_t n = n0; n < n1; n++) {
+        GNAME(convpack) a = {GNAME(image)(j, n), w->tmp};
+        GNAME(strided) b = {j->dout + n * F * P, 1, P}; /* (position, f) */
+        GNAME(gemm_serial)(K1, F, P, GNAME(pack_a_conv), &a, GNAME(pack_b_strided), &b, acc,
+                           F, n > n0, w);
+    }
+}
+
+static void GNAME(conv_backward_x_item)(void* arg, Py_ssize_t n, int tid) {
+    /* dx[n] = col2im(w2^T @ dout[n]), the column gradient in a per-thread buffer */
+    GNAME(conv_job)* j = (GNAME(conv_job)*)arg;
+    GNAME(work)* w = &j->ws[tid];
+    Py_ssize_t K = j->C * j->HH * j->WW, P = j->Ho * j->Wo;
+    if (w->extra == NULL) w->extra = (GT*)malloc(sizeof(GT) * (K * P > 0 ? K * P : 1));
+    if (!GNAME(work_ready)(w) || w->extra == NULL) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    GNAME(conv) g = GNAME(image)(j, n);
+    GNAME(strided) a = {j->wb, 1, K}; /* (k, f) = w2[f, k] */
+    GNAME(strided) b = {j->dout + n * j->F * P, P, 1};
+    GNAME(gemm_serial)(K, P, j->F, GNAME(pack_a_strided), &a, GNAME(pack_b_strided), &b,
+                       w->extra, P, 0, w);
+    GNAME(col2im)(&g, w->extra, j->out + n * j->C * j->H * j->W);
+}
+
 static int GNAME(conv_forward)(const GT* x, const GT* wb, GT* out, Py_ssize_t N, Py_ssize_t C,
                                Py_ssize_t H, Py_ssize_t W, Py_ssize_t F, Py_ssize_t HH,
                                Py_ssize_t WW, Py_ssize_t stride, Py_ssize_t pad,
                                Py_ssize_t Ho, Py_ssize_t Wo, int nthreads) {
-    /* out[n] (F x Ho*Wo) = wb (F x K+1: weights, then the bias) @ columns of x[n], image by
-       image (threads over images) */
-    Py_ssize_t K = C * HH * WW, P = Ho * Wo;
-    if (N <= 0 || F <= 0 || P <= 0) return 0;
+    /* out (N, F, Ho, Wo) = wb (F x K+1: weights, then the bias) @ columns, image by image */
+    if (N <= 0 || F <= 0 || Ho * Wo <= 0) return 0;
     if (nthreads > N) nthreads = (int)N;
     if (nthreads < 1) nthreads = 1;
-    int failed = 0;
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        GNAME(work) w;
-        int ok = GNAME(work_alloc)(&w);
-        if (!ok) {
-            #pragma omp atomic write
-            failed = 1;
-        }
-        GNAME(strided) a = {wb, K + 1, 1};
-        #pragma omp for schedule(static)
-        for (Py_ssize_t n = 0; n < N; n++) {
-            if (!ok) continue;
-            GNAME(convpack) b = {GNAME(geometry)(x + n * C * H * W, C, H, W, HH, WW, stride,
-                                                 pad, Ho, Wo), w.tmp};
-            GNAME(gemm_serial)(F, P, K + 1, GNAME(pack_a_strided), &a, GNAME(pack_b_conv), &b,
-                               out + n * F * P, P, 0, &w);
-        }
-        GNAME(work_free)(&w);
-    }
-    return failed ? -1 : 0;
+    GNAME(conv_job) j = {x, wb, NULL, out, NULL, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo, 0,
+                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work)))};
+    if (j.ws == NULL) return -1;
+    mlcore_parallel(GNAME(conv_forward_item), &j, N, nthreads);
+    GNAME(works_free)(j.ws, nthreads);
+    return j.failed ? -1 : 0;
 }
 
 static int GNAME(conv_backward_w)(const GT* x, const GT* dout, GT* dwbT, Py_ssize_t N,
                                   Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
                                   Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
                                   Py_ssize_t pad, Py_ssize_t Ho, Py_ssize_t Wo, int nthreads) {
-    /* dwbT (K+1 x F) = columns @ dout^T summed over the images: [dw | db] transposed.
-       Fixed groups of MLG_GROUP images are summed on their own (threads over groups), then
-       the groups in order: the same sums whatever the thread count */
-    Py_ssize_t K = C * HH * WW, P = Ho * Wo, K1 = K + 1;
+    /* dwbT (K+1 x F) = columns @ dout^T summed over the images: [dw | db] transposed. Fixed
+       groups of MLG_GROUP images are summed on their own (threads over groups), then the
+       groups in order: the same sums whatever the thread count */
+    Py_ssize_t K1 = C * HH * WW + 1, P = Ho * Wo;
     if (F <= 0) return 0;
     if (N <= 0 || P <= 0) {
         memset(dwbT, 0, sizeof(GT) * K1 * F);
@@ -436,73 +507,37 @@ static int GNAME(conv_backward_w)(const GT* x, const GT* dout, GT* dwbT, Py_ssiz
     if (ng > 1 && part == NULL) return -1;
     if (nthreads > ng) nthreads = (int)ng;
     if (nthreads < 1) nthreads = 1;
-    int failed = 0;
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        GNAME(work) w;
-        int ok = GNAME(work_alloc)(&w);
-        if (!ok) {
-            #pragma omp atomic write
-            failed = 1;
-        }
-        #pragma omp for schedule(static)
-        for (Py_ssize_t gi = 0; gi < ng; gi++) {
-            if (!ok) continue;
-            GT* acc = gi == 0 ? dwbT : part + (gi - 1) * K1 * F;
-            Py_ssize_t n1 = (gi + 1) * MLG_GROUP < N ? (gi + 1) * MLG_GROUP : N;
-            for (Py_ssize_t n = gi * MLG_GROUP; n < n1; n++) {
-                GNAME(convpack) a = {GNAME(geometry)(x + n * C * H * W, C, H, W, HH, WW,
-                                                     stride, pad, Ho, Wo), w.tmp};
-                GNAME(strided) b = {dout + n * F * P, 1, P}; /* (position, f) */
-                GNAME(gemm_serial)(K1, F, P, GNAME(pack_a_conv), &a, GNAME(pack_b_strided),
-                                   &b, acc, F, n > gi * MLG_GROUP, &w);
-            }
-        }
-        GNAME(work_free)(&w);
+    GNAME(conv_job) j = {x, NULL, dout, part, dwbT, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo,
+                         0, (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work)))};
+    if (j.ws == NULL) {
+        free(part);
+        return -1;
     }
-    if (!failed)
+    mlcore_parallel(GNAME(conv_backward_w_item), &j, ng, nthreads);
+    GNAME(works_free)(j.ws, nthreads);
+    if (!j.failed)
         for (Py_ssize_t gi = 1; gi < ng; gi++) {
             const GT* src = part + (gi - 1) * K1 * F;
             for (Py_ssize_t e = 0; e < K1 * F; e++) dwbT[e] += src[e];
         }
     free(part);
-    return failed ? -1 : 0;
+    return j.failed ? -1 : 0;
 }
 
 static int GNAME(conv_backward_x)(const GT* w2, const GT* dout, GT* dx, Py_ssize_t N,
                                   Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
                                   Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t stride,
                                   Py_ssize_t pad, Py_ssize_t Ho, Py_ssize_t Wo, int nthreads) {
-    /* dx[n] = col2im(w2^T (K x F) @ dout[n] (F x Ho*Wo)), image by image (threads over
-       images; each image's column gradient lives in a per-thread buffer) */
-    Py_ssize_t K = C * HH * WW, P = Ho * Wo;
+    /* dx (N, C, H, W) from w2 (F x K) and dout, image by image */
     if (N <= 0) return 0;
     if (nthreads > N) nthreads = (int)N;
     if (nthreads < 1) nthreads = 1;
-    int failed = 0;
-    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        GNAME(work) w;
-        int ok = GNAME(work_alloc)(&w);
-        GT* cols = (GT*)malloc(sizeof(GT) * (K * P > 0 ? K * P : 1));
-        if (!ok || cols == NULL) {
-            #pragma omp atomic write
-            failed = 1;
-        }
-        GNAME(strided) a = {w2, 1, K}; /* (k, f) = w2[f, k] */
-        #pragma omp for schedule(static)
-        for (Py_ssize_t n = 0; n < N; n++) {
-            if (!ok || cols == NULL) continue;
-            GNAME(conv) g = GNAME(geometry)(NULL, C, H, W, HH, WW, stride, pad, Ho, Wo);
-            GNAME(strided) b = {dout + n * F * P, P, 1};
-            GNAME(gemm_serial)(K, P, F, GNAME(pack_a_strided), &a, GNAME(pack_b_strided), &b,
-                               cols, P, 0, &w);
-            GNAME(col2im)(&g, cols, dx + n * C * H * W);
-        }
-        free(cols);
-        GNAME(work_free)(&w);
-    }
-    return failed ? -1 : 0;
+    GNAME(conv_job) j = {NULL, w2, dout, dx, NULL, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo, 0,
+                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work)))};
+    if (j.ws == NULL) return -1;
+    mlcore_parallel(GNAME(conv_backward_x_item), &j, N, nthreads);
+    GNAME(works_free)(j.ws, nthreads);
+    return j.failed ? -1 : 0;
 }
 
 #undef GNR

@@ -16,7 +16,8 @@
 
 The cache is opaque: pass to the backward function exactly what the forward returned.
 Outputs keep the input dtype (float32 in, float32 out; everything else is computed in
-float64). The kernels release the GIL and use OpenMP threads (``OMP_NUM_THREADS``); every
+float64). The kernels release the GIL and run on mlcore's own thread pool (``OMP_NUM_THREADS``
+threads when set, else the usable CPUs; its workers sleep when idle); every
 sum runs in an order fixed by the shapes, so the results are the same bits on any number of
 threads (see :mod:`mlcore.nn.linalg`).
 

@@ -76,7 +76,8 @@ def test_the_mlcore_script_runs_main():
         "import os, sys, flows.cli\n"
         "@flows.cli.app.command('env-probe')\n"
         "def probe():\n"
-        "    print(os.environ['OMP_WAIT_POLICY'], os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'])\n"
+        "    env = os.environ\n"
+        "    print(env['PREFECT_SERVER_ANALYTICS_ENABLED'], env['MLFLOW_HTTP_REQUEST_TIMEOUT'])\n"
         "sys.argv = ['mlcore', 'env-probe']\n"
         "flows.cli.main()\n"
     )
@@ -84,4 +85,4 @@ def test_the_mlcore_script_runs_main():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["passive", "30"]
+    assert proc.stdout.split() == ["false", "30"]

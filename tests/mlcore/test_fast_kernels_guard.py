@@ -256,8 +256,8 @@ def _build_checked(tmp: Path) -> Path:
     """Build a copy of the extension with boundscheck/wraparound on; return the .so path."""
     (tmp / "mlcore" / "nn").mkdir(parents=True)
     shutil.copy(ROOT / "setup.py", tmp / "setup.py")
-    for name in ("_fast.pyx", "_gemm.h", "_gemm_impl.h"):
-        shutil.copy(ROOT / "mlcore" / "nn" / name, tmp / "mlcore" / "nn" / name)
+    for src in [ROOT / "mlcore" / "nn" / "_fast.pyx", *(ROOT / "mlcore" / "nn").glob("*.h")]:
+        shutil.copy(src, tmp / "mlcore" / "nn" / src.name)
     env = {**os.environ, "MLCORE_BOUNDSCHECK": "1"}
     proc = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],

@@ -132,3 +132,31 @@ def test_two_trainings_in_two_threads_match_each_alone():
         t.join()
     assert alone[1][0] != alone[2][0]  # two different trainings
     assert together == alone
+
+
+FORK = r"""
+import os, sys
+import numpy as np
+from mlcore.nn import _fast
+from mlcore.nn.linalg import matmul
+
+_fast.set_num_threads(2)
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((300, 200)), rng.standard_normal((200, 400))
+before = matmul(a, b)  # the pool's workers are running now
+pid = os.fork()
+if pid == 0:  # the child has none of them: its pool starts afresh
+    ok = np.array_equal(matmul(a, b), before)
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_the_kernels_work_in_a_forked_child():
+    """multiprocessing and Dask may fork a process whose kernels have run: the child's own
+    loops must run (not wait for the parent's workers, which it does not have)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
