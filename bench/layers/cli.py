@@ -20,6 +20,7 @@ from bench.layers.report import (
     machine_info,
     memory_note,
     method_notes,
+    openblas_kernel,
     print_table,
     summarize,
     table_rows,
@@ -125,6 +126,7 @@ def run_benchmark(args) -> int:
         # what this environment pins and no worker inherits (None: not set here either)
         info["machine_pins_unset_in_workers"] = {v: os.environ.get(v) for v in MACHINE_PINS}
         info["workers"] = {w.kind: w.ask(cmd="info") for w in workers}
+        info["openblas_kernel"] = openblas_kernel(info["workers"])
         if not info["workers"]["mlcore"].get("mlcore_extension_active"):
             notes.append("the Cython extension is not active: 'fast' is the numpy fallback.")
         for name, group, kind in case_list():
@@ -148,7 +150,7 @@ def run_benchmark(args) -> int:
         notes.append(warning)
     info["loadavg_at_start"] = load_start
     info["loadavg_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    notes += method_notes(gap)
+    notes += method_notes(gap, info["openblas_kernel"])
     result = {"machine": info, "rows": rows, "notes": notes, "rounds": rounds}
     if args.memory:
         mem = measure_memory(args.threads, 40 if args.quick else None)

@@ -8,7 +8,7 @@ from bench.layers.cases import CONV_SPECS, PHASES, POOL_SPECS, conv_data
 
 
 def mlcore_engines(np):
-    """{case: {"fast": fn, "gemm": fn}} for the mlcore worker."""
+    """{case: {"fast": fn}} for the mlcore worker: the fast layers and the training step."""
     from mlcore.nn import fast_layers as fl
 
     engines = {}
@@ -17,41 +17,15 @@ def mlcore_engines(np):
         cp = {"stride": stride, "pad": pad}
         out, cache = fl.conv_forward_fast(x, w, b, cp)
         dout = rng.standard_normal(out.shape).astype(np.float32)
-        N = xs[0]
-        F, C, HH, WW = ws
-        K, P = C * HH * WW, out.shape[2] * out.shape[3]
-        cols = cache.cols  # (K + 1, N, P): receptive fields, then a row of ones
-        wb = np.concatenate([w.reshape(F, K), b[:, None]], axis=1)
-        w2t = w.reshape(F, K).T
-        res = np.empty((F, N * P), np.float32)
-        dcols = np.empty((K, N * P), np.float32)
-        dflat = np.ascontiguousarray(dout.reshape(N, F, P).transpose(1, 0, 2)).reshape(F, N * P)
-
-        def gemm_fwd(wb=wb, cols=cols, res=res):
-            np.matmul(wb, cols.reshape(cols.shape[0], -1), out=res)
-
-        def gemm_bwd(w2t=w2t, cols=cols, dflat=dflat, dcols=dcols):
-            np.matmul(dflat, cols.reshape(cols.shape[0], -1).T)
-            np.matmul(w2t, dflat, out=dcols)
-
-        def gemm_fb(f=gemm_fwd, g=gemm_bwd):
-            f()
-            g()
-
-        def fast_fwd(x=x, w=w, b=b, cp=cp):
-            fl.conv_forward_fast(x, w, b, cp)
-
-        def fast_bwd(dout=dout, cache=cache):
-            fl.conv_backward_fast(dout, cache)
-
-        def fast_fb(x=x, w=w, b=b, cp=cp, dout=dout):
-            _, c = fl.conv_forward_fast(x, w, b, cp)
-            fl.conv_backward_fast(dout, c)
-
-        for what, fast, gemm in zip(
-            PHASES, (fast_fwd, fast_bwd, fast_fb), (gemm_fwd, gemm_bwd, gemm_fb), strict=True
-        ):
-            engines[f"{label} {what}"] = {"fast": fast, "gemm": gemm}
+        fns = (
+            lambda x=x, w=w, b=b, cp=cp: fl.conv_forward_fast(x, w, b, cp),
+            lambda d=dout, c=cache: fl.conv_backward_fast(d, c),
+            lambda x=x, w=w, b=b, cp=cp, d=dout: fl.conv_backward_fast(
+                d, fl.conv_forward_fast(x, w, b, cp)[1]
+            ),
+        )
+        for what, fn in zip(PHASES, fns, strict=True):
+            engines[f"{label} {what}"] = {"fast": fn}
     pool_engines(np, engines, "fast", fl.max_pool_forward_fast, fl.max_pool_backward_fast)
     for dtype, name in ((np.float32, "float32"), (np.float64, "float64")):
         step = make_mlcore_step(np, dtype)

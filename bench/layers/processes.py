@@ -12,6 +12,9 @@ RESULTS = ROOT / "bench" / "results"
 # this machine's environment pins OpenBLAS's kernel choice (Haswell kernels, L2 size) for old
 # OpenBLAS builds; a user's machine has no such pin, so no worker or child inherits it
 MACHINE_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# what the mlcore and naive workers set, to --threads: OpenMP (mlcore's kernels), OpenBLAS and
+# MKL (whichever BLAS numpy has)
+THREAD_COUNTS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def child_command(*args: str) -> list[str]:
@@ -29,8 +32,8 @@ def child_env(root: Path) -> dict[str, str]:
 
 
 def mlcore_settings(threads: int) -> None:
-    """The mlcore worker's settings (what mlcore's entry points set); before numpy loads."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    """The mlcore worker's settings, before numpy loads: the thread counts (THREAD_COUNTS) set
+    to ``threads``, as torch's worker sets ``torch.set_num_threads``, and nothing else (mlcore
+    needs no setting to be fast, and nothing its step runs calls numpy's BLAS)."""
+    for var in THREAD_COUNTS:
         os.environ[var] = str(threads)

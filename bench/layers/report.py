@@ -16,7 +16,7 @@ from bench.layers.processes import MACHINE_PINS
 
 def summarize(name, group, kind, samples):
     row = {"group": group, "case": name}
-    for key in ("naive", "fast", "plain", "gemm", "torch"):
+    for key in ("naive", "fast", "plain", "torch"):
         s = samples.get(key)
         row[f"{key}_ms"] = statistics.median(s) * 1e3 if s else None
     for a, b in (("fast", "torch"), ("plain", "fast")):
@@ -28,8 +28,6 @@ def summarize(name, group, kind, samples):
             row[f"{a}_over_{b}_max"] = max(ratios)
     if row["naive_ms"] is not None and row["fast_ms"]:
         row["naive_over_fast"] = row["naive_ms"] / row["fast_ms"]
-    if row["gemm_ms"] is not None and row["fast_ms"]:
-        row["gemm_share"] = row["gemm_ms"] / row["fast_ms"]
     row["target_fast_over_torch"] = TARGETS.get(kind)
     if row["target_fast_over_torch"] is not None and row.get("fast_over_torch") is not None:
         row["target_met"] = row["fast_over_torch"] <= row["target_fast_over_torch"]
@@ -47,7 +45,6 @@ def table_rows(rows):
         "naive ms",
         "fast ms",
         "plain ms (/fast)",
-        "GEMM ms (share)",
         "torch ms",
         "fast/torch",
         "target",
@@ -67,9 +64,6 @@ def table_rows(rows):
                 f" ({r['plain_over_fast']:.2f}, {r['plain_over_fast_min']:.2f}"
                 f"-{r['plain_over_fast_max']:.2f})"
             )
-        gemm = "-"
-        if r.get("gemm_ms") is not None:
-            gemm = f"{fmt_ms(r['gemm_ms'])} ({100 * r['gemm_share']:.0f}%)"
         target = r.get("target_fast_over_torch")
         if target is None:
             target_s = "-"
@@ -82,7 +76,6 @@ def table_rows(rows):
                 fmt_ms(r.get("naive_ms")),
                 fmt_ms(r.get("fast_ms")),
                 plain,
-                gemm,
                 fmt_ms(r.get("torch_ms")),
                 ratio,
                 target_s,
@@ -153,42 +146,66 @@ def machine_info(threads):
 
 
 def profile_markdown(prof) -> str:
+    """One profile (``profile_step``'s answer) as markdown: every part, then the sums by
+    kind."""
     lines = [
-        "| phase | ms (median) | share of step |",
-        "|---|---|---|",
+        "| part | kind | ms (median) | share of step |",
+        "|---|---|---|---|",
     ]
     step = prof["step_ms"]
     for r in prof["rows"]:
-        lines.append(f"| {r['phase']} | {r['ms']:.2f} | {100 * r['ms'] / step:.0f}% |")
+        kind = r["kind"] or "-"
+        lines.append(f"| {r['phase']} | {kind} | {r['ms']:.2f} | {100 * r['ms'] / step:.0f}% |")
     lines += ["", "| kind | ms | share |", "|---|---|---|"]
     for k, v in sorted(prof["by_kind"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {k} | {v:.2f} | {100 * v / step:.0f}% |")
     lines += [
         "",
-        "glue = the whole step minus every phase (the Python between the layers and the cache "
-        "misses a phase run alone does not see); negative when the phases, timed alone, were "
+        "The parts with a kind are the calls the step makes, each timed alone on the inputs the "
+        "step gives it; the rows in parentheses (kind -) are for reference and not summed: the "
+        "conv kernels inside conv_forward_fast and conv_backward_fast, and the first conv's "
+        "input gradient, which the step does not compute. matmul = mlcore.nn.linalg.matmul, "
+        "the affine layers' products; bias = their + b and db sums. glue = the whole step "
+        "minus every part (the Python between the layers, the layers' checks, and the cache "
+        "misses a part run alone does not see); negative when the parts, timed alone, were "
         "slower than inside the step, i.e. when the load, not the code, set the times.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def method_notes(gap: float) -> list[str]:
-    """The notes on how the figures were taken; ``gap``: the pause after each hand-over (s)."""
+def openblas_kernel(workers: dict[str, dict]) -> str | None:
+    """The OpenBLAS kernel numpy runs in the workers (``workers``: their ``info`` answers; what
+    ``OPENBLAS_VERBOSE=2`` prints as ``Core:``), one name when they agree, else each with its
+    workers; None when no worker could tell."""
+    kinds: dict[str, list[str]] = {}
+    for kind, w in workers.items():
+        if arch := w.get("openblas_architecture"):
+            kinds.setdefault(arch, []).append(kind)
+    if len(kinds) <= 1:
+        return next(iter(kinds), None)
+    return ", ".join(f"{arch} ({'/'.join(k)})" for arch, k in sorted(kinds.items()))
+
+
+def method_notes(gap: float, kernel: str | None) -> list[str]:
+    """The notes on how the figures were taken; ``gap``: the pause after each hand-over (s);
+    ``kernel``: the OpenBLAS kernel the workers run (``openblas_kernel``)."""
+    kernel_s = "the kernel this CPU gets" + (f" ({kernel})" if kernel else "")
     return [
-        "float32 unless stated; every engine in its own process (mlcore: OMP_WAIT_POLICY="
-        "passive, OPENBLAS_THREAD_TIMEOUT=20 and OMP/OPENBLAS threads pinned; plain: mlcore "
-        "imported plainly, nothing set, plain/fast = median of the per-round ratios (min-max); "
-        "torch: only torch.set_num_threads; none inherits "
-        f"{' or '.join(MACHINE_PINS)}, each runs the OpenBLAS kernel its CPU gets); rounds "
-        "alternate between the processes, and each hand-over waits until no thread of the "
-        "previous worker runs (OpenBLAS spins ~0.1 s after a GEMM) plus "
-        f"{1e3 * gap:.0f} ms; ms = median over rounds; fast/torch = median of the "
-        "per-round ratios (min-max); GEMM = the np.matmul calls of the fast conv alone on its "
-        "own column matrix (forward: one GEMM over all images; backward: the [dw|db] and the "
-        "column gradient GEMMs).",
-        "torch step: Conv2d/ReLU/MaxPool2d/Linear/ReLU/Linear + CrossEntropyLoss + Adam; "
-        "mlcore step: mlcore.nn.cnn.ThreeLayerConvNet.loss + mlcore.nn.optim.adam per "
-        "parameter. Neither computes the input gradient of the first conv.",
+        "float32 unless stated; every engine in its own process (mlcore and naive: only "
+        "OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS set to the thread count; "
+        "plain: mlcore imported plainly, nothing set, plain/fast = median of the per-round "
+        "ratios (min-max); torch: only torch.set_num_threads; none inherits "
+        f"{' or '.join(MACHINE_PINS)}, so numpy's OpenBLAS runs {kernel_s}: the naive layers "
+        "call it, mlcore's fast layers and step do not); rounds alternate between the "
+        "processes, and each hand-over waits until no thread of the previous worker runs "
+        "(OpenMP threads, mlcore's and PyTorch's, spin ~10 ms after a parallel loop, "
+        f"OpenBLAS's ~0.1 s after a product) plus {1e3 * gap:.0f} ms; ms = median over "
+        "rounds; fast/torch = median of the per-round ratios (min-max).",
+        "fast conv: mlcore's implicit GEMM (conv_forward_fast / conv_backward_fast: no column "
+        "matrix, no numpy BLAS). torch step: Conv2d/ReLU/MaxPool2d/Linear/ReLU/Linear + "
+        "CrossEntropyLoss + Adam; mlcore step: mlcore.nn.cnn.ThreeLayerConvNet.loss + "
+        "mlcore.nn.optim.adam per parameter. Neither computes the input gradient of the first "
+        "conv.",
     ]
 
 
