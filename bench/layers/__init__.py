@@ -12,7 +12,7 @@ process (``python -m bench.layers --worker KIND``) with its own defaults:
   counts and nothing else: ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
   ``MKL_NUM_THREADS`` = ``--threads``, before numpy is imported, as the torch worker sets
   ``torch.set_num_threads`` (mlcore needs no other setting: nothing its step runs calls
-  numpy's BLAS, so its kernels' OpenMP threads are the only ones at work);
+  numpy's BLAS, so its kernels' own thread pool is the only one at work);
 * the **plain** worker is mlcore imported plainly, as a notebook gets it: the mlcore worker's
   fast layers and step with nothing set by the harness, not even the thread counts (what the
   environment sets, it inherits), its "plain" column beside "fast";
@@ -33,9 +33,10 @@ steps, so that the first call after another worker's turn, with caches the other
 evicted, weighs little; ~8 ms with ``--quick``), then runs the rounds,
 asking one worker at a time for a sample (the order alternates every round). Before each
 hand-over the parent waits until none of the previous worker's threads is runnable (read from
-/proc: OpenMP, mlcore's and PyTorch's, keeps its threads spinning for about 10 ms after a
-parallel loop, numpy's OpenBLAS (the naive layers) for about 0.1 s after a product, and a
-worker timed beside them shares the two cores), then a short pause more; the
+/proc: PyTorch's OpenMP keeps its threads spinning for about 10 ms after a parallel loop
+(mlcore's own pool sleeps at once), numpy's OpenBLAS (the naive layers) for about 0.1 s
+after a product, and a worker timed beside them shares the two cores), then a short pause
+more; the
 median and longest wait per worker (each at least the ~1 ms between two looks) are in the
 results, and a warning when a wait gave up or /proc could not tell. Each figure is the median over
 rounds; each fast/torch figure is the median of the per-round ratios with their min-max. The

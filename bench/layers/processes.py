@@ -12,8 +12,8 @@ RESULTS = ROOT / "bench" / "results"
 # this machine's environment pins OpenBLAS's kernel choice (Haswell kernels, L2 size) for old
 # OpenBLAS builds; a user's machine has no such pin, so no worker or child inherits it
 MACHINE_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-# what the mlcore and naive workers set, to --threads: OpenMP (mlcore's kernels), OpenBLAS and
-# MKL (whichever BLAS numpy has)
+# what the mlcore and naive workers set, to --threads: OMP_NUM_THREADS (mlcore's thread pool
+# reads it, as OpenMP does), OpenBLAS and MKL (whichever BLAS numpy has)
 THREAD_COUNTS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 

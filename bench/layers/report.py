@@ -198,7 +198,7 @@ def method_notes(gap: float, kernel: str | None) -> list[str]:
         f"{' or '.join(MACHINE_PINS)}, so numpy's OpenBLAS runs {kernel_s}: the naive layers "
         "call it, mlcore's fast layers and step do not); rounds alternate between the "
         "processes, and each hand-over waits until no thread of the previous worker runs "
-        "(OpenMP threads, mlcore's and PyTorch's, spin ~10 ms after a parallel loop, "
+        "(PyTorch's OpenMP threads spin ~10 ms after a parallel loop, mlcore's pool sleeps, "
         f"OpenBLAS's ~0.1 s after a product) plus {1e3 * gap:.0f} ms; ms = median over "
         "rounds; fast/torch = median of the per-round ratios (min-max).",
         "fast conv: mlcore's implicit GEMM (conv_forward_fast / conv_backward_fast: no column "

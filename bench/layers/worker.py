@@ -180,8 +180,8 @@ class Worker:
     def wait_idle(self, timeout: float) -> float | None:
         """Wait until none of the worker's threads runs (twice in a row, 1 ms apart), at most
         ``timeout`` s; return the seconds waited (at least the ~1 ms between the two looks),
-        None where /proc cannot tell. After a parallel loop OpenMP keeps its threads spinning
-        for about 10 ms (mlcore's kernels, PyTorch), after a product numpy's OpenBLAS (the
+        None where /proc cannot tell. After a parallel loop PyTorch's OpenMP keeps its threads
+        spinning for about 10 ms, after a product numpy's OpenBLAS (the
         naive layers) for about 0.1 s: a worker timed while another one's threads still spin
         shares the cores with them."""
         t0 = time.perf_counter()
