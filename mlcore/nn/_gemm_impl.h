@@ -179,7 +179,6 @@ static void GNAME(tile)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT* Ap,
 typedef struct {
     GT* Ap; /* MLG_MC * MLG_KC */
     GT* Bp; /* MLG_NC * MLG_KC */
-    GT* tmp; /* max(MLG_NC, MLG_KC): one generated row */
     GT* extra; /* a kernel's own per-thread buffer */
 } GNAME(work);
 
@@ -187,9 +186,7 @@ static int GNAME(work_ready)(GNAME(work)* w) {
     /* allocate a thread's buffers on its first item; 0 when memory ran out */
     if (w->Ap == NULL) w->Ap = (GT*)aligned_alloc(64, sizeof(GT) * MLG_MC * MLG_KC);
     if (w->Bp == NULL) w->Bp = (GT*)aligned_alloc(64, sizeof(GT) * MLG_NC * MLG_KC);
-    if (w->tmp == NULL)
-        w->tmp = (GT*)aligned_alloc(64, sizeof(GT) * (MLG_NC > MLG_KC ? MLG_NC : MLG_KC));
-    return w->Ap != NULL && w->Bp != NULL && w->tmp != NULL;
+    return w->Ap != NULL && w->Bp != NULL;
 }
 
 static void GNAME(works_free)(GNAME(work)* ws, int n) {
@@ -197,7 +194,6 @@ static void GNAME(works_free)(GNAME(work)* ws, int n) {
     for (int t = 0; t < n; t++) {
         free(ws[t].Ap);
         free(ws[t].Bp);
-        free(ws[t].tmp);
         free(ws[t].extra);
     }
     free(ws);
@@ -286,12 +282,34 @@ typedef struct {
     Py_ssize_t C, H, W, HH, WW, stride, pad, Ho, Wo, K; /* K = C * HH * WW */
 } GNAME(conv);
 
+static void GNAME(emit)(GT* dst, Py_ssize_t pstride, Py_ssize_t estride, Py_ssize_t o,
+                        Py_ssize_t cnt, const GT* src, Py_ssize_t s) {
+    /* element o + i (i < cnt) of a generated row = src[i * s] (src NULL: zero) goes to
+       dst[((o + i) / GNR) * pstride + ((o + i) % GNR) * estride] */
+    while (cnt > 0) {
+        Py_ssize_t r = o % GNR, m = GNR - r < cnt ? GNR - r : cnt;
+        GT* d = dst + (o / GNR) * pstride + r * estride;
+        if (src == NULL)
+            for (Py_ssize_t i = 0; i < m; i++) d[i * estride] = 0;
+        else if (s == 1 && estride == 1)
+            for (Py_ssize_t i = 0; i < m; i++) d[i] = src[i];
+        else {
+            for (Py_ssize_t i = 0; i < m; i++) d[i * estride] = src[i * s];
+        }
+        if (src != NULL) src += m * s;
+        o += m;
+        cnt -= m;
+    }
+}
+
 static void GNAME(im2row)(const GNAME(conv)* g, Py_ssize_t k, Py_ssize_t q0, Py_ssize_t len,
-                          GT* out) {
-    /* out[0:len] = row k of the image's column matrix at output positions q0..q0+len
-       (position q = i * Wo + j); row K is the ones row that carries the bias */
+                          GT* dst, Py_ssize_t pstride, Py_ssize_t estride) {
+    /* row k of the image's column matrix at output positions q0..q0+len (position
+       q = i * Wo + j), element q - q0 written where emit() puts it: straight into a packed
+       block. Row K is the ones row that carries the bias */
     if (k == g->K) {
-        for (Py_ssize_t q = 0; q < len; q++) out[q] = 1;
+        for (Py_ssize_t o = 0; o < len; o++)
+            dst[(o / GNR) * pstride + (o % GNR) * estride] = 1;
         return;
     }
     Py_ssize_t c = k / (g->HH * g->WW), kh = (k / g->WW) % g->HH, kw = k % g->WW;
@@ -306,21 +324,18 @@ static void GNAME(im2row)(const GNAME(conv)* g, Py_ssize_t k, Py_ssize_t q0, Py_
     while (q < end) {
         Py_ssize_t i = q / Wo, j = q % Wo;
         Py_ssize_t run = Wo - j < end - q ? Wo - j : end - q;
-        Py_ssize_t h = i * s - g->pad + kh;
-        GT* o = out + (q - q0); /* o[jj - j] is position (i, jj) */
+        Py_ssize_t h = i * s - g->pad + kh, o = q - q0;
         if (h < 0 || h >= g->H) {
-            for (Py_ssize_t jj = 0; jj < run; jj++) o[jj] = 0;
+            GNAME(emit)(dst, pstride, estride, o, run, NULL, 0);
         } else {
-            const GT* xr = xc + h * W;
             Py_ssize_t b = j + run;
             Py_ssize_t l = lo < j ? j : (lo < b ? lo : b);
             Py_ssize_t r = hi > b ? b : (hi > l ? hi : l);
-            for (Py_ssize_t jj = j; jj < l; jj++) o[jj - j] = 0;
-            if (s == 1)
-                for (Py_ssize_t jj = l; jj < r; jj++) o[jj - j] = xr[jj + off];
-            else
-                for (Py_ssize_t jj = l; jj < r; jj++) o[jj - j] = xr[jj * s + off];
-            for (Py_ssize_t jj = r; jj < b; jj++) o[jj - j] = 0;
+            if (l > j) GNAME(emit)(dst, pstride, estride, o, l - j, NULL, 0);
+            if (r > l)
+                GNAME(emit)(dst, pstride, estride, o + (l - j), r - l,
+                            xc + h * W + l * s + off, s);
+            if (b > r) GNAME(emit)(dst, pstride, estride, o + (r - j), b - r, NULL, 0);
         }
         q += run;
     }
@@ -328,27 +343,17 @@ static void GNAME(im2row)(const GNAME(conv)* g, Py_ssize_t k, Py_ssize_t q0, Py_
 
 typedef struct {
     GNAME(conv) g;
-    GT* tmp; /* at least max(MLG_NC, MLG_KC) */
 } GNAME(convpack);
 
 static void GNAME(pack_b_conv)(const void* ctx, Py_ssize_t c0, Py_ssize_t n, Py_ssize_t k0,
                                Py_ssize_t kc, GT* Bp) {
     /* right operand = the column matrix (rows k, columns output positions) */
     const GNAME(convpack)* cp = (const GNAME(convpack)*)ctx;
-    Py_ssize_t nf = n / GNR;
+    Py_ssize_t np_ = (n + GNR - 1) / GNR;
     for (Py_ssize_t kk = 0; kk < kc; kk++) {
-        GNAME(im2row)(&cp->g, k0 + kk, c0, n, cp->tmp);
-        const GT* src = cp->tmp;
-        for (Py_ssize_t p = 0; p < nf; p++) {
-            GT* d = Bp + p * GNR * kc + kk * GNR;
-            for (Py_ssize_t c = 0; c < GNR; c++) d[c] = src[p * GNR + c];
-        }
-        if (n > nf * GNR) {
-            GT* d = Bp + nf * GNR * kc + kk * GNR;
-            Py_ssize_t c = 0;
-            for (; c < n - nf * GNR; c++) d[c] = src[nf * GNR + c];
-            for (; c < GNR; c++) d[c] = 0;
-        }
+        GT* d = Bp + kk * GNR;
+        GNAME(im2row)(&cp->g, k0 + kk, c0, n, d, GNR * kc, 1);
+        for (Py_ssize_t c = n; c < np_ * GNR; c++) d[(c / GNR) * GNR * kc + c % GNR] = 0;
     }
 }
 
@@ -358,10 +363,8 @@ static void GNAME(pack_a_conv)(const void* ctx, Py_ssize_t r0, Py_ssize_t m, Py_
     const GNAME(convpack)* cp = (const GNAME(convpack)*)ctx;
     for (Py_ssize_t p = 0; p < m; p += MLG_MR) {
         Py_ssize_t mr = m - p < MLG_MR ? m - p : MLG_MR;
-        for (Py_ssize_t r = 0; r < mr; r++) {
-            GNAME(im2row)(&cp->g, r0 + p + r, k0, kc, cp->tmp);
-            for (Py_ssize_t kk = 0; kk < kc; kk++) Ap[kk * MLG_MR + r] = cp->tmp[kk];
-        }
+        for (Py_ssize_t r = 0; r < mr; r++)
+            GNAME(im2row)(&cp->g, r0 + p + r, k0, kc, Ap + r, GNR * MLG_MR, MLG_MR);
         for (Py_ssize_t r = mr; r < MLG_MR; r++)
             for (Py_ssize_t kk = 0; kk < kc; kk++) Ap[kk * MLG_MR + r] = 0;
         Ap += MLG_MR * kc;
@@ -431,7 +434,7 @@ static void GNAME(conv_forward_item)(void* arg, Py_ssize_t n, int tid) {
     }
     Py_ssize_t K = j->C * j->HH * j->WW, P = j->Ho * j->Wo;
     GNAME(strided) a = {j->wb, K + 1, 1};
-    GNAME(convpack) b = {GNAME(image)(j, n), w->tmp};
+    GNAME(convpack) b = {GNAME(image)(j, n)};
     GNAME(gemm_serial)(j->F, P, K + 1, GNAME(pack_a_strided), &a, GNAME(pack_b_conv), &b,
                        j->out + n * j->F * P, P, 0, w);
 }
@@ -448,7 +451,7 @@ static void GNAME(conv_backward_w_item)(void* arg, Py_ssize_t gi, int tid) {
     GT* acc = gi == 0 ? j->dwbT : j->out + (gi - 1) * K1 * F;
     Py_ssize_t n0 = gi * MLG_GROUP, n1 = n0 + MLG_GROUP < j->N ? n0 + MLG_GROUP : j->N;
     for (Py_ssize_t n = n0; n < n1; n++) {
-        GNAME(convpack) a = {GNAME(image)(j, n), w->tmp};
+        GNAME(convpack) a = {GNAME(image)(j, n)};
         GNAME(strided) b = {j->dout + n * F * P, 1, P}; /* (position, f) */
         GNAME(gemm_serial)(K1, F, P, GNAME(pack_a_conv), &a, GNAME(pack_b_strided), &b, acc,
                            F, n > n0, w);
