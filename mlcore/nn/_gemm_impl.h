@@ -291,6 +291,8 @@ static void GNAME(emit)(GT* dst, Py_ssize_t pstride, Py_ssize_t estride, Py_ssiz
         GT* d = dst + (o / GNR) * pstride + r * estride;
         if (src == NULL)
             for (Py_ssize_t i = 0; i < m; i++) d[i * estride] = 0;
+        else if (s == 1 && estride == 1 && m == GNR)
+            memcpy(d, src, GNR * sizeof(GT)); /* a whole panel row: a few vector moves */
         else if (s == 1 && estride == 1)
             for (Py_ssize_t i = 0; i < m; i++) d[i] = src[i];
         else {
@@ -424,6 +426,22 @@ static GNAME(conv) GNAME(image)(const GNAME(conv_job)* j, Py_ssize_t n) {
                            j->HH, j->WW, j->stride, j->pad, j->Ho, j->Wo);
 }
 
+static int GNAME(padded)(const GNAME(conv_job)* j, GNAME(work)* w, Py_ssize_t n,
+                         GNAME(conv)* g) {
+    /* *g = image n's geometry on a zero-padded copy of it in the thread's buffer (pad 0: the
+       generated rows are then straight copies, no bounds to test); 0 when memory ran out */
+    Py_ssize_t Hp = j->H + 2 * j->pad, Wp = j->W + 2 * j->pad, C = j->C;
+    if (w->extra == NULL) w->extra = (GT*)calloc(C * Hp * Wp > 0 ? C * Hp * Wp : 1, sizeof(GT));
+    if (w->extra == NULL) return 0;
+    const GT* x = j->x + n * C * j->H * j->W;
+    for (Py_ssize_t c = 0; c < C; c++)
+        for (Py_ssize_t h = 0; h < j->H; h++)
+            memcpy(w->extra + (c * Hp + h + j->pad) * Wp + j->pad, x + (c * j->H + h) * j->W,
+                   sizeof(GT) * j->W); /* the borders stay zero (calloc) */
+    *g = GNAME(geometry)(w->extra, C, Hp, Wp, j->HH, j->WW, j->stride, 0, j->Ho, j->Wo);
+    return 1;
+}
+
 static void GNAME(conv_forward_item)(void* arg, Py_ssize_t n, int tid) {
     /* out[n] (F x Ho*Wo) = wb @ columns of x[n] */
     GNAME(conv_job)* j = (GNAME(conv_job)*)arg;
@@ -434,7 +452,11 @@ static void GNAME(conv_forward_item)(void* arg, Py_ssize_t n, int tid) {
     }
     Py_ssize_t K = j->C * j->HH * j->WW, P = j->Ho * j->Wo;
     GNAME(strided) a = {j->wb, K + 1, 1};
-    GNAME(convpack) b = {GNAME(image)(j, n)};
+    GNAME(convpack) b;
+    if (!GNAME(padded)(j, w, n, &b.g)) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
     GNAME(gemm_serial)(j->F, P, K + 1, GNAME(pack_a_strided), &a, GNAME(pack_b_conv), &b,
                        j->out + n * j->F * P, P, 0, w);
 }
@@ -451,7 +473,11 @@ static void GNAME(conv_backward_w_item)(void* arg, Py_ssize_t gi, int tid) {
     GT* acc = gi == 0 ? j->dwbT : j->out + (gi - 1) * K1 * F;
     Py_ssize_t n0 = gi * MLG_GROUP, n1 = n0 + MLG_GROUP < j->N ? n0 + MLG_GROUP : j->N;
     for (Py_ssize_t n = n0; n < n1; n++) {
-        GNAME(convpack) a = {GNAME(image)(j, n)};
+        GNAME(convpack) a;
+        if (!GNAME(padded)(j, w, n, &a.g)) {
+            __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
         GNAME(strided) b = {j->dout + n * F * P, 1, P}; /* (position, f) */
         GNAME(gemm_serial)(K1, F, P, GNAME(pack_a_conv), &a, GNAME(pack_b_strided), &b, acc,
                            F, n > n0, w);
