@@ -202,7 +202,9 @@ static void GNAME(works_free)(GNAME(work)* ws, int n) {
 static void GNAME(gemm_serial)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, GNAME(packer) pa,
                                const void* ca, GNAME(packer) pb, const void* cb, GT* C,
                                Py_ssize_t ldc, int accumulate, GNAME(work)* w) {
-    /* C (M x N, row stride ldc) (+)= A @ B on the calling thread, operands through packers */
+    /* C (M x N, row stride ldc) (+)= A @ B on the calling thread, operands through packers;
+       pa NULL: ca is A already packed (M <= MLG_MC), its block of depth p0 at
+       ceil(M / MLG_MR) * MLG_MR * p0 */
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accumulate)
@@ -216,9 +218,12 @@ static void GNAME(gemm_serial)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, GNAME(p
             pb(cb, j0, n, p0, kc, w->Bp);
             for (Py_ssize_t i0 = 0; i0 < M; i0 += MLG_MC) {
                 Py_ssize_t m = M - i0 < MLG_MC ? M - i0 : MLG_MC;
-                pa(ca, i0, m, p0, kc, w->Ap);
-                GNAME(tile)(m, n, kc, w->Ap, w->Bp, C + i0 * ldc + j0, ldc,
-                            accumulate || p0 > 0);
+                const GT* Ap = w->Ap;
+                if (pa != NULL)
+                    pa(ca, i0, m, p0, kc, w->Ap);
+                else
+                    Ap = (const GT*)ca + (M + MLG_MR - 1) / MLG_MR * MLG_MR * p0;
+                GNAME(tile)(m, n, kc, Ap, w->Bp, C + i0 * ldc + j0, ldc, accumulate || p0 > 0);
             }
         }
     }
@@ -234,6 +239,7 @@ typedef struct {
     Py_ssize_t ldc;
     int accumulate, failed;
     GNAME(work)* ws;
+    const GT* Apre; /* A packed once for every tile (one row block), or NULL */
 } GNAME(gemm_job);
 
 static void GNAME(gemm_item)(void* arg, Py_ssize_t t, int tid) {
@@ -248,8 +254,12 @@ static void GNAME(gemm_item)(void* arg, Py_ssize_t t, int tid) {
     Py_ssize_t m = j->M - i0 < MLG_MC ? j->M - i0 : MLG_MC;
     Py_ssize_t n = j->N - j0 < j->nc ? j->N - j0 : j->nc;
     GNAME(strided) a = {j->A + i0 * j->rsa, j->rsa, j->csa}, b = {j->B + j0 * j->csb, j->rsb, j->csb};
-    GNAME(gemm_serial)(m, n, j->K, GNAME(pack_a_strided), &a, GNAME(pack_b_strided), &b,
-                       j->C + i0 * j->ldc + j0, j->ldc, j->accumulate, w);
+    if (j->Apre != NULL)
+        GNAME(gemm_serial)(m, n, j->K, NULL, j->Apre, GNAME(pack_b_strided), &b,
+                           j->C + i0 * j->ldc + j0, j->ldc, j->accumulate, w);
+    else
+        GNAME(gemm_serial)(m, n, j->K, GNAME(pack_a_strided), &a, GNAME(pack_b_strided), &b,
+                           j->C + i0 * j->ldc + j0, j->ldc, j->accumulate, w);
 }
 
 static int GNAME(gemm)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const GT* A, Py_ssize_t rsa,
@@ -268,10 +278,24 @@ static int GNAME(gemm)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const GT* A, Py
     Py_ssize_t ntiles = ntm * ((N + nc - 1) / nc);
     if (nthreads > ntiles) nthreads = (int)ntiles;
     GNAME(gemm_job) j = {M, N, K, ntm, nc, A, rsa, csa, B, rsb, csb, C, ldc, accumulate, 0,
-                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work)))};
+                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work))), NULL};
     if (j.ws == NULL) return -1;
+    GT* pre = NULL;
+    if (ntm == 1 && ntiles > 1 && K > 0) {
+        /* one row block shared by every tile (an affine layer's batch): pack it once */
+        Py_ssize_t padM = (M + MLG_MR - 1) / MLG_MR * MLG_MR;
+        pre = (GT*)aligned_alloc(64, ((size_t)padM * K * sizeof(GT) + 63) / 64 * 64);
+        if (pre != NULL) {
+            GNAME(strided) a = {A, rsa, csa};
+            for (Py_ssize_t p0 = 0; p0 < K; p0 += MLG_KC)
+                GNAME(pack_a_strided)(&a, 0, M, p0, K - p0 < MLG_KC ? K - p0 : MLG_KC,
+                                      pre + padM * p0);
+            j.Apre = pre;
+        }
+    }
     mlcore_parallel(GNAME(gemm_item), &j, ntiles, nthreads);
     GNAME(works_free)(j.ws, nthreads);
+    free(pre);
     return j.failed ? -1 : 0;
 }
 
