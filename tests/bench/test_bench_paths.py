@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.paths import (
+    MACHINE_PINS,
     PATHS,
     cli_thread_vars,
     epoch_figure,
@@ -94,7 +95,7 @@ def test_report():
     assert md.rstrip().endswith("OpenBLAS note")
 
 
-def test_environments():
+def test_environments(monkeypatch):
     base = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1", "OMP_NUM_THREADS": "2",
             "PREFECT_API_URL": "http://x/api", "PATH": "/usr/bin", "HOME": "/h"}  # fmt: skip
     env = user_env(base, PREFECT_HOME="/p")
@@ -102,16 +103,21 @@ def test_environments():
     assert "PREFECT_API_URL" not in env  # the user's server is not the benchmark's
     assert env["PATH"].endswith(":/usr/bin") and (env["HOME"], env["PREFECT_HOME"]) == ("/h", "/p")
     assert thread_vars(env) == {"OMP_NUM_THREADS": "2"}
-    # the CLI adds its defaults where the environment has none, keeps the user's otherwise
+    # an mlcore process adds the CLI's thread defaults where the environment has none (the
+    # ones its main() sets today, and any it may set)
+    monkeypatch.setitem(CLI_DEFAULTS, "OMP_WAIT_POLICY", "passive")
+    assert cli_thread_vars(env) == thread_vars({**CLI_DEFAULTS, **env})
     assert cli_thread_vars(env)["OMP_WAIT_POLICY"] == "passive"
     assert cli_thread_vars({**env, "OMP_WAIT_POLICY": "active"})["OMP_WAIT_POLICY"] == "active"
+    assert cli_thread_vars(env)["OMP_NUM_THREADS"] == "2"
 
 
 @pytest.mark.slow
 def test_quick_run_of_the_plain_script_and_the_cli(tmp_path):
-    # a user's environment: a machine pin (unset for every path), none of the CLI's settings
+    # a user's environment: a machine pin (unset for every path), a thread variable of the
+    # user's (kept and recorded), none of the CLI's settings
     env = {k: v for k, v in os.environ.items() if k not in CLI_DEFAULTS}
-    env["OPENBLAS_CORETYPE"] = "Haswell"
+    env |= {"OPENBLAS_CORETYPE": "Haswell", "OMP_DISPLAY_ENV": "false"}
     proc = subprocess.run(
         [sys.executable, "-m", "bench.paths", "--quick", "--paths", "plain,cli",
          "--out", str(tmp_path)],
@@ -134,10 +140,12 @@ def test_quick_run_of_the_plain_script_and_the_cli(tmp_path):
     within = result["summary"]["slowest_to_fastest"]["median"]
     assert within == pytest.approx(max(cli, plain) / min(cli, plain))
     assert result["summary"]["met"] is (within <= 1.1)
-    # the same training on both paths, and the CLI's own thread settings recorded
+    # the same training on both paths
     assert result["summary"]["same_best_val_acc"] is True
-    # the plain script's as it read them: the pin gone, nothing of the CLI's
-    assert result["threads"]["cli"]["OMP_WAIT_POLICY"] == "passive"
-    assert not {"OPENBLAS_CORETYPE", "OMP_WAIT_POLICY"} & set(result["threads"]["plain"])
+    # the plain script's as it read them: the user's, without the pin; the CLI's with its own
+    given = thread_vars({k: v for k, v in env.items() if k not in MACHINE_PINS})
+    assert given["OMP_DISPLAY_ENV"] == "false"
+    assert result["threads"]["plain"] == given
+    assert result["threads"]["cli"] == thread_vars({**CLI_DEFAULTS, **given})
     md = (tmp_path / "paths.md").read_text()
     assert "| `mlcore run convnet` |" in md and "| plain script (notebook) |" in md
