@@ -76,11 +76,14 @@ TIMEOUT = 1800.0  # seconds for any one command
 # What a notebook does: the digits split, the course's model and Solver, nothing else.
 PLAIN_SCRIPT = """\
 import json, os, sys, time
+
+config, solver_config, seed, prefixes = json.loads(sys.argv[1])
+threads = {k: v for k, v in sorted(os.environ.items()) if k.startswith(tuple(prefixes))}
+
 import numpy as np
 from mlcore.data.images import class_names, load_digits_data
 from mlcore.nn import Solver, ThreeLayerConvNet
 
-config, solver_config, seed, prefixes = json.loads(sys.argv[1])
 data = load_digits_data(dtype=np.float32)
 model = ThreeLayerConvNet(input_dim=data["X_train"].shape[1:], num_classes=len(class_names(
     "digits")), seed=seed, dtype=np.float32, **config)
@@ -95,7 +98,6 @@ def on_event(kind, info):
 solver = Solver(model, data, **solver_config, seed=seed, callback=on_event, verbose=False)
 last[0] = time.perf_counter()
 solver.train()
-threads = {k: v for k, v in sorted(os.environ.items()) if k.startswith(tuple(prefixes))}
 print(json.dumps({"epoch_seconds": epoch_seconds, "best_val_acc": solver.best_val_acc,
                   "threads": threads}))
 """
