@@ -98,26 +98,44 @@ static void GNAME(store)(const GT* t, Py_ssize_t mr, Py_ssize_t nr, GT* c, Py_ss
     }
 }
 
+/* Where the kernel reads B: panel p (GNR columns) of a packed block lies at
+   B + p * GNR * kc, row kk of it GNR elements further each (off NULL); or, for a stride-1
+   convolution read straight from a zero-padded image (no packing), row kk of the panel whose
+   first output position is q lies at B + off[kk] + (q / Wo) * Wp + q % Wo (off[kk]: where
+   row k0 + kk of the column matrix starts in the image, Wo % GNR == 0 so that a panel never
+   crosses an output row). */
+typedef struct {
+    const GT* B;
+    const Py_ssize_t* off;
+    Py_ssize_t q0, Wo, Wp;
+} GNAME(bsrc);
+
+static inline const GT* GNAME(bpanel)(const GNAME(bsrc)* b, Py_ssize_t jr, Py_ssize_t kc) {
+    if (b->off == NULL) return b->B + (jr / GNR) * GNR * kc;
+    Py_ssize_t q = b->q0 + jr;
+    return b->B + (q / b->Wo) * b->Wp + q % b->Wo;
+}
+
 static void GNAME(tile_any)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT* Ap,
-                            const GT* Bp, GT* C, Py_ssize_t ldc, int add) {
-    /* C[m x n] (+)= packed A (m x kc) @ packed B (kc x n), portable C: each term one fused
+                            const GNAME(bsrc)* bs, GT* C, Py_ssize_t ldc, int add) {
+    /* C[m x n] (+)= packed A (m x kc) @ B (kc x n), portable C: each term one fused
        multiply-add (C99 fma: one rounding, the same bits as the AVX2 kernel below) */
     GT t[MLG_MR * GNR] __attribute__((aligned(64)));
+    const Py_ssize_t* off = bs->off;
     for (Py_ssize_t jr = 0; jr < n; jr += GNR) {
-        const GT* bp0 = Bp + (jr / GNR) * GNR * kc;
+        const GT* bp0 = GNAME(bpanel)(bs, jr, kc);
         Py_ssize_t nr = n - jr < GNR ? n - jr : GNR;
         for (Py_ssize_t ir = 0; ir < m; ir += MLG_MR) {
             const GT* ap = Ap + (ir / MLG_MR) * MLG_MR * kc;
-            const GT* bp = bp0;
             Py_ssize_t mr = m - ir < MLG_MR ? m - ir : MLG_MR;
             for (int q = 0; q < MLG_MR * GNR; q++) t[q] = 0;
             for (Py_ssize_t kk = 0; kk < kc; kk++) {
+                const GT* bp = off ? bp0 + off[kk] : bp0 + kk * GNR;
                 for (int r = 0; r < MLG_MR; r++) {
                     GT a = ap[r];
                     for (int j = 0; j < GNR; j++) t[r * GNR + j] = GFMA(a, bp[j], t[r * GNR + j]);
                 }
                 ap += MLG_MR;
-                bp += GNR;
             }
             GNAME(store)(t, mr, nr, C + ir * ldc + jr, ldc, add);
         }
@@ -127,30 +145,37 @@ static void GNAME(tile_any)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT*
 #ifdef MLG_X86
 __attribute__((target("avx2,fma")))
 static void GNAME(tile_avx2)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT* Ap,
-                             const GT* Bp, GT* C, Py_ssize_t ldc, int add) {
+                             const GNAME(bsrc)* bs, GT* C, Py_ssize_t ldc, int add) {
     /* the same as tile_any with AVX2 FMA instructions: 6 x 2 vector accumulators */
     GT t[MLG_MR * GNR] __attribute__((aligned(64)));
+    const Py_ssize_t* off = bs->off;
     for (Py_ssize_t jr = 0; jr < n; jr += GNR) {
-        const GT* bp0 = Bp + (jr / GNR) * GNR * kc;
+        const GT* bp0 = GNAME(bpanel)(bs, jr, kc);
         Py_ssize_t nr = n - jr < GNR ? n - jr : GNR;
         for (Py_ssize_t ir = 0; ir < m; ir += MLG_MR) {
             const GT* ap = Ap + (ir / MLG_MR) * MLG_MR * kc;
-            const GT* bp = bp0;
             Py_ssize_t mr = m - ir < MLG_MR ? m - ir : MLG_MR;
             GVEC c00 = GZERO(), c01 = GZERO(), c10 = GZERO(), c11 = GZERO();
             GVEC c20 = GZERO(), c21 = GZERO(), c30 = GZERO(), c31 = GZERO();
             GVEC c40 = GZERO(), c41 = GZERO(), c50 = GZERO(), c51 = GZERO();
-            for (Py_ssize_t kk = 0; kk < kc; kk++) {
-                GVEC b0 = GLOADU(bp), b1 = GLOADU(bp + GVL), a;
-                a = GSET1(ap[0]); c00 = GFMAV(a, b0, c00); c01 = GFMAV(a, b1, c01);
-                a = GSET1(ap[1]); c10 = GFMAV(a, b0, c10); c11 = GFMAV(a, b1, c11);
-                a = GSET1(ap[2]); c20 = GFMAV(a, b0, c20); c21 = GFMAV(a, b1, c21);
-                a = GSET1(ap[3]); c30 = GFMAV(a, b0, c30); c31 = GFMAV(a, b1, c31);
-                a = GSET1(ap[4]); c40 = GFMAV(a, b0, c40); c41 = GFMAV(a, b1, c41);
-                a = GSET1(ap[5]); c50 = GFMAV(a, b0, c50); c51 = GFMAV(a, b1, c51);
-                ap += MLG_MR;
-                bp += GNR;
+#define MLG_STEP(BP)                                                                         \
+    {                                                                                        \
+        GVEC b0 = GLOADU(BP), b1 = GLOADU((BP) + GVL), a;                                    \
+        a = GSET1(ap[0]); c00 = GFMAV(a, b0, c00); c01 = GFMAV(a, b1, c01);                  \
+        a = GSET1(ap[1]); c10 = GFMAV(a, b0, c10); c11 = GFMAV(a, b1, c11);                  \
+        a = GSET1(ap[2]); c20 = GFMAV(a, b0, c20); c21 = GFMAV(a, b1, c21);                  \
+        a = GSET1(ap[3]); c30 = GFMAV(a, b0, c30); c31 = GFMAV(a, b1, c31);                  \
+        a = GSET1(ap[4]); c40 = GFMAV(a, b0, c40); c41 = GFMAV(a, b1, c41);                  \
+        a = GSET1(ap[5]); c50 = GFMAV(a, b0, c50); c51 = GFMAV(a, b1, c51);                  \
+        ap += MLG_MR;                                                                        \
+    }
+            if (off == NULL) {
+                const GT* bp = bp0;
+                for (Py_ssize_t kk = 0; kk < kc; kk++, bp += GNR) MLG_STEP(bp)
+            } else {
+                for (Py_ssize_t kk = 0; kk < kc; kk++) MLG_STEP(bp0 + off[kk])
             }
+#undef MLG_STEP
             GSTORE(t + 0 * GNR, c00); GSTORE(t + 0 * GNR + GVL, c01);
             GSTORE(t + 1 * GNR, c10); GSTORE(t + 1 * GNR + GVL, c11);
             GSTORE(t + 2 * GNR, c20); GSTORE(t + 2 * GNR + GVL, c21);
@@ -164,14 +189,14 @@ static void GNAME(tile_avx2)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT
 #endif
 
 static void GNAME(tile)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT* Ap,
-                        const GT* Bp, GT* C, Py_ssize_t ldc, int add) {
+                        const GNAME(bsrc)* bs, GT* C, Py_ssize_t ldc, int add) {
 #ifdef MLG_X86
     if (mlcore_have_avx2_fma()) {
-        GNAME(tile_avx2)(m, n, kc, Ap, Bp, C, ldc, add);
+        GNAME(tile_avx2)(m, n, kc, Ap, bs, C, ldc, add);
         return;
     }
 #endif
-    GNAME(tile_any)(m, n, kc, Ap, Bp, C, ldc, add);
+    GNAME(tile_any)(m, n, kc, Ap, bs, C, ldc, add);
 }
 
 /* ---- one thread's product ------------------------------------------------------------- */
@@ -223,7 +248,8 @@ static void GNAME(gemm_serial)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, GNAME(p
                     pa(ca, i0, m, p0, kc, w->Ap);
                 else
                     Ap = (const GT*)ca + (M + MLG_MR - 1) / MLG_MR * MLG_MR * p0;
-                GNAME(tile)(m, n, kc, Ap, w->Bp, C + i0 * ldc + j0, ldc, accumulate || p0 > 0);
+                GNAME(bsrc) bs = {w->Bp, NULL, 0, 0, 0};
+                GNAME(tile)(m, n, kc, Ap, &bs, C + i0 * ldc + j0, ldc, accumulate || p0 > 0);
             }
         }
     }
@@ -443,6 +469,8 @@ typedef struct {
     Py_ssize_t N, C, H, W, F, HH, WW, stride, pad, Ho, Wo;
     int failed;
     GNAME(work)* ws;
+    Py_ssize_t* off; /* forward, stride 1, Wo % GNR == 0: where each row of the column
+                        matrix starts in a padded image (read in place), else NULL */
 } GNAME(conv_job);
 
 static GNAME(conv) GNAME(image)(const GNAME(conv_job)* j, Py_ssize_t n) {
@@ -455,8 +483,12 @@ static int GNAME(padded)(const GNAME(conv_job)* j, GNAME(work)* w, Py_ssize_t n,
     /* *g = image n's geometry on a zero-padded copy of it in the thread's buffer (pad 0: the
        generated rows are then straight copies, no bounds to test); 0 when memory ran out */
     Py_ssize_t Hp = j->H + 2 * j->pad, Wp = j->W + 2 * j->pad, C = j->C;
-    if (w->extra == NULL) w->extra = (GT*)calloc(C * Hp * Wp > 0 ? C * Hp * Wp : 1, sizeof(GT));
-    if (w->extra == NULL) return 0;
+    if (w->extra == NULL) {
+        /* C planes, then a plane of ones (the bias row, read in place by the stride-1 path) */
+        w->extra = (GT*)calloc((C + 1) * Hp * Wp > 0 ? (C + 1) * Hp * Wp : 1, sizeof(GT));
+        if (w->extra == NULL) return 0;
+        for (Py_ssize_t e = C * Hp * Wp; e < (C + 1) * Hp * Wp; e++) w->extra[e] = 1;
+    }
     const GT* x = j->x + n * C * j->H * j->W;
     for (Py_ssize_t c = 0; c < C; c++)
         for (Py_ssize_t h = 0; h < j->H; h++)
@@ -479,6 +511,24 @@ static void GNAME(conv_forward_item)(void* arg, Py_ssize_t n, int tid) {
     GNAME(convpack) b;
     if (!GNAME(padded)(j, w, n, &b.g)) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    if (j->off != NULL) {
+        /* the kernel reads the column matrix straight from the padded image: no packing */
+        GT* out = j->out + n * j->F * P;
+        Py_ssize_t Wp = j->W + 2 * j->pad;
+        for (Py_ssize_t j0 = 0; j0 < P; j0 += MLG_NC) {
+            Py_ssize_t nb = P - j0 < MLG_NC ? P - j0 : MLG_NC;
+            for (Py_ssize_t p0 = 0; p0 < K + 1; p0 += MLG_KC) {
+                Py_ssize_t kc = K + 1 - p0 < MLG_KC ? K + 1 - p0 : MLG_KC;
+                GNAME(bsrc) bs = {b.g.x, j->off + p0, j0, j->Wo, Wp};
+                for (Py_ssize_t i0 = 0; i0 < j->F; i0 += MLG_MC) {
+                    Py_ssize_t m = j->F - i0 < MLG_MC ? j->F - i0 : MLG_MC;
+                    GNAME(pack_a_strided)(&a, i0, m, p0, kc, w->Ap);
+                    GNAME(tile)(m, nb, kc, w->Ap, &bs, out + i0 * P + j0, P, p0 > 0);
+                }
+            }
+        }
         return;
     }
     GNAME(gemm_serial)(j->F, P, K + 1, GNAME(pack_a_strided), &a, GNAME(pack_b_conv), &b,
@@ -535,10 +585,20 @@ static int GNAME(conv_forward)(const GT* x, const GT* wb, GT* out, Py_ssize_t N,
     if (nthreads > N) nthreads = (int)N;
     if (nthreads < 1) nthreads = 1;
     GNAME(conv_job) j = {x, wb, NULL, out, NULL, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo, 0,
-                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work)))};
+                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work))), NULL};
     if (j.ws == NULL) return -1;
+    Py_ssize_t K = C * HH * WW, Hp = H + 2 * pad, Wp = W + 2 * pad;
+    if (stride == 1 && Wo % GNR == 0) {
+        j.off = (Py_ssize_t*)malloc(sizeof(Py_ssize_t) * (K + 1));
+        if (j.off != NULL) {
+            for (Py_ssize_t k = 0; k < K; k++)
+                j.off[k] = (k / (HH * WW)) * Hp * Wp + ((k / WW) % HH) * Wp + k % WW;
+            j.off[K] = C * Hp * Wp; /* the plane of ones */
+        }
+    }
     mlcore_parallel(GNAME(conv_forward_item), &j, N, nthreads);
     GNAME(works_free)(j.ws, nthreads);
+    free(j.off);
     return j.failed ? -1 : 0;
 }
 
@@ -561,7 +621,7 @@ static int GNAME(conv_backward_w)(const GT* x, const GT* dout, GT* dwbT, Py_ssiz
     if (nthreads > ng) nthreads = (int)ng;
     if (nthreads < 1) nthreads = 1;
     GNAME(conv_job) j = {x, NULL, dout, part, dwbT, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo,
-                         0, (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work)))};
+                         0, (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work))), NULL};
     if (j.ws == NULL) {
         free(part);
         return -1;
@@ -586,7 +646,7 @@ static int GNAME(conv_backward_x)(const GT* w2, const GT* dout, GT* dx, Py_ssize
     if (nthreads > N) nthreads = (int)N;
     if (nthreads < 1) nthreads = 1;
     GNAME(conv_job) j = {NULL, w2, dout, dx, NULL, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo, 0,
-                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work)))};
+                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work))), NULL};
     if (j.ws == NULL) return -1;
     mlcore_parallel(GNAME(conv_backward_x_item), &j, N, nthreads);
     GNAME(works_free)(j.ws, nthreads);

@@ -38,6 +38,8 @@ CONV_CASES = [  # x shape, (HH, WW), stride, pad
     ((2, 1, 4, 6), (6, 3), 3, 2),  # filter taller than the input, padding makes it fit
     ((3, 2, 8, 5), (1, 1), 2, 0),  # stride skips trailing rows and columns
     ((1, 1, 1, 1), (3, 3), 1, 1),
+    ((2, 2, 5, 16), (3, 3), 1, 1),  # stride 1, output rows of 16: read in place, not packed
+    ((1, 3, 4, 38), (7, 7), 1, 3),  # output rows of 38: packed
 ]
 POOL_CASES = [  # x shape, (ph, pw), stride
     ((2, 3, 8, 8), (2, 2), 2),
