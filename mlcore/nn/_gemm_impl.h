@@ -188,6 +188,101 @@ static void GNAME(tile_avx2)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT
 }
 #endif
 
+/* The left operand read in place from a padded image (a stride-1 convolution's weight
+   gradient): row r of the block at image + arow[r], its depth kk being output position
+   q0 + kk, at (q / Wo) * Wp + q % Wo from there; depth runs split at the ends of output rows,
+   so the sum over kk keeps its order. B packed, as usual. */
+typedef struct {
+    const GT* img;
+    const Py_ssize_t* arow; /* MLG_MR entries per panel: rows past m point at a zero plane */
+    Py_ssize_t q0, Wo, Wp;
+} GNAME(asrc);
+
+static void GNAME(tile_ia_any)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GNAME(asrc)* as,
+                               const GT* Bp, GT* C, Py_ssize_t ldc, int add) {
+    GT t[MLG_MR * GNR] __attribute__((aligned(64)));
+    for (Py_ssize_t jr = 0; jr < n; jr += GNR) {
+        const GT* bp0 = Bp + (jr / GNR) * GNR * kc;
+        Py_ssize_t nr = n - jr < GNR ? n - jr : GNR;
+        for (Py_ssize_t ir = 0; ir < m; ir += MLG_MR) {
+            Py_ssize_t mr = m - ir < MLG_MR ? m - ir : MLG_MR;
+            const Py_ssize_t* ar = as->arow + ir;
+            for (int q = 0; q < MLG_MR * GNR; q++) t[q] = 0;
+            for (Py_ssize_t kk = 0; kk < kc;) {
+                Py_ssize_t q = as->q0 + kk, j = q % as->Wo;
+                Py_ssize_t len = as->Wo - j < kc - kk ? as->Wo - j : kc - kk;
+                Py_ssize_t o = (q / as->Wo) * as->Wp + j;
+                for (Py_ssize_t u = 0; u < len; u++) {
+                    const GT* bp = bp0 + (kk + u) * GNR;
+                    for (int r = 0; r < MLG_MR; r++) {
+                        GT a = as->img[ar[r] + o + u];
+                        for (int c = 0; c < GNR; c++) t[r * GNR + c] = GFMA(a, bp[c], t[r * GNR + c]);
+                    }
+                }
+                kk += len;
+            }
+            GNAME(store)(t, mr, nr, C + ir * ldc + jr, ldc, add);
+        }
+    }
+}
+
+#ifdef MLG_X86
+__attribute__((target("avx2,fma")))
+static void GNAME(tile_ia_avx2)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc,
+                                const GNAME(asrc)* as, const GT* Bp, GT* C, Py_ssize_t ldc,
+                                int add) {
+    GT t[MLG_MR * GNR] __attribute__((aligned(64)));
+    for (Py_ssize_t jr = 0; jr < n; jr += GNR) {
+        const GT* bp0 = Bp + (jr / GNR) * GNR * kc;
+        Py_ssize_t nr = n - jr < GNR ? n - jr : GNR;
+        for (Py_ssize_t ir = 0; ir < m; ir += MLG_MR) {
+            Py_ssize_t mr = m - ir < MLG_MR ? m - ir : MLG_MR;
+            const Py_ssize_t* ar = as->arow + ir;
+            GVEC c00 = GZERO(), c01 = GZERO(), c10 = GZERO(), c11 = GZERO();
+            GVEC c20 = GZERO(), c21 = GZERO(), c30 = GZERO(), c31 = GZERO();
+            GVEC c40 = GZERO(), c41 = GZERO(), c50 = GZERO(), c51 = GZERO();
+            for (Py_ssize_t kk = 0; kk < kc;) {
+                Py_ssize_t q = as->q0 + kk, j = q % as->Wo;
+                Py_ssize_t len = as->Wo - j < kc - kk ? as->Wo - j : kc - kk;
+                Py_ssize_t o = (q / as->Wo) * as->Wp + j;
+                const GT *p0 = as->img + ar[0] + o, *p1 = as->img + ar[1] + o;
+                const GT *p2 = as->img + ar[2] + o, *p3 = as->img + ar[3] + o;
+                const GT *p4 = as->img + ar[4] + o, *p5 = as->img + ar[5] + o;
+                const GT* bp = bp0 + kk * GNR;
+                for (Py_ssize_t u = 0; u < len; u++, bp += GNR) {
+                    GVEC b0 = GLOADU(bp), b1 = GLOADU(bp + GVL), a;
+                    a = GSET1(p0[u]); c00 = GFMAV(a, b0, c00); c01 = GFMAV(a, b1, c01);
+                    a = GSET1(p1[u]); c10 = GFMAV(a, b0, c10); c11 = GFMAV(a, b1, c11);
+                    a = GSET1(p2[u]); c20 = GFMAV(a, b0, c20); c21 = GFMAV(a, b1, c21);
+                    a = GSET1(p3[u]); c30 = GFMAV(a, b0, c30); c31 = GFMAV(a, b1, c31);
+                    a = GSET1(p4[u]); c40 = GFMAV(a, b0, c40); c41 = GFMAV(a, b1, c41);
+                    a = GSET1(p5[u]); c50 = GFMAV(a, b0, c50); c51 = GFMAV(a, b1, c51);
+                }
+                kk += len;
+            }
+            GSTORE(t + 0 * GNR, c00); GSTORE(t + 0 * GNR + GVL, c01);
+            GSTORE(t + 1 * GNR, c10); GSTORE(t + 1 * GNR + GVL, c11);
+            GSTORE(t + 2 * GNR, c20); GSTORE(t + 2 * GNR + GVL, c21);
+            GSTORE(t + 3 * GNR, c30); GSTORE(t + 3 * GNR + GVL, c31);
+            GSTORE(t + 4 * GNR, c40); GSTORE(t + 4 * GNR + GVL, c41);
+            GSTORE(t + 5 * GNR, c50); GSTORE(t + 5 * GNR + GVL, c51);
+            GNAME(store)(t, mr, nr, C + ir * ldc + jr, ldc, add);
+        }
+    }
+}
+#endif
+
+static void GNAME(tile_ia)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GNAME(asrc)* as,
+                           const GT* Bp, GT* C, Py_ssize_t ldc, int add) {
+#ifdef MLG_X86
+    if (mlcore_have_avx2_fma()) {
+        GNAME(tile_ia_avx2)(m, n, kc, as, Bp, C, ldc, add);
+        return;
+    }
+#endif
+    GNAME(tile_ia_any)(m, n, kc, as, Bp, C, ldc, add);
+}
+
 static void GNAME(tile)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT* Ap,
                         const GNAME(bsrc)* bs, GT* C, Py_ssize_t ldc, int add) {
 #ifdef MLG_X86
@@ -484,8 +579,9 @@ static int GNAME(padded)(const GNAME(conv_job)* j, GNAME(work)* w, Py_ssize_t n,
        generated rows are then straight copies, no bounds to test); 0 when memory ran out */
     Py_ssize_t Hp = j->H + 2 * j->pad, Wp = j->W + 2 * j->pad, C = j->C;
     if (w->extra == NULL) {
-        /* C planes, then a plane of ones (the bias row, read in place by the stride-1 path) */
-        w->extra = (GT*)calloc((C + 1) * Hp * Wp > 0 ? (C + 1) * Hp * Wp : 1, sizeof(GT));
+        /* C planes, a plane of ones (the bias row, read in place by the stride-1 paths), a
+           plane of zeros (rows past a block's end) */
+        w->extra = (GT*)calloc((C + 2) * Hp * Wp > 0 ? (C + 2) * Hp * Wp : 1, sizeof(GT));
         if (w->extra == NULL) return 0;
         for (Py_ssize_t e = C * Hp * Wp; e < (C + 1) * Hp * Wp; e++) w->extra[e] = 1;
     }
@@ -551,6 +647,26 @@ static void GNAME(conv_backward_w_item)(void* arg, Py_ssize_t gi, int tid) {
         if (!GNAME(padded)(j, w, n, &a.g)) {
             __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
             return;
+        }
+        if (j->off != NULL) {
+            /* stride 1: the kernel reads the column matrix in place (rows k from j->off) */
+            Py_ssize_t Wp = j->W + 2 * j->pad;
+            GNAME(strided) b = {j->dout + n * F * P, 1, P}; /* (position, f) */
+            for (Py_ssize_t j0 = 0; j0 < F; j0 += MLG_NC) {
+                Py_ssize_t nb = F - j0 < MLG_NC ? F - j0 : MLG_NC;
+                for (Py_ssize_t p0 = 0; p0 < P; p0 += MLG_KC) {
+                    Py_ssize_t kc = P - p0 < MLG_KC ? P - p0 : MLG_KC;
+                    GNAME(pack_b_strided)(&b, j0, nb, p0, kc, w->Bp);
+                    GNAME(asrc) as = {a.g.x, j->off, p0, j->Wo, Wp};
+                    for (Py_ssize_t i0 = 0; i0 < K1; i0 += MLG_MC) {
+                        Py_ssize_t m = K1 - i0 < MLG_MC ? K1 - i0 : MLG_MC;
+                        as.arow = j->off + i0;
+                        GNAME(tile_ia)(m, nb, kc, &as, w->Bp, acc + i0 * F + j0, F,
+                                       n > n0 || p0 > 0);
+                    }
+                }
+            }
+            continue;
         }
         GNAME(strided) b = {j->dout + n * F * P, 1, P}; /* (position, f) */
         GNAME(gemm_serial)(K1, F, P, GNAME(pack_a_conv), &a, GNAME(pack_b_strided), &b, acc,
@@ -626,7 +742,19 @@ static int GNAME(conv_backward_w)(const GT* x, const GT* dout, GT* dwbT, Py_ssiz
         free(part);
         return -1;
     }
+    if (stride == 1) {
+        Py_ssize_t K = K1 - 1, Hp = H + 2 * pad, Wp = W + 2 * pad;
+        Py_ssize_t rows = (K1 + MLG_MC) / MLG_MR * MLG_MR + MLG_MR; /* room past the end */
+        j.off = (Py_ssize_t*)malloc(sizeof(Py_ssize_t) * rows);
+        if (j.off != NULL) {
+            for (Py_ssize_t k = 0; k < K; k++)
+                j.off[k] = (k / (HH * WW)) * Hp * Wp + ((k / WW) % HH) * Wp + k % WW;
+            j.off[K] = C * Hp * Wp; /* the plane of ones */
+            for (Py_ssize_t k = K1; k < rows; k++) j.off[k] = (C + 1) * Hp * Wp; /* zeros */
+        }
+    }
     mlcore_parallel(GNAME(conv_backward_w_item), &j, ng, nthreads);
+    free(j.off);
     GNAME(works_free)(j.ws, nthreads);
     if (!j.failed)
         for (Py_ssize_t gi = 1; gi < ng; gi++) {
