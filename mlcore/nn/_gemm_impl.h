@@ -102,8 +102,8 @@ static void GNAME(store)(const GT* t, Py_ssize_t mr, Py_ssize_t nr, GT* c, Py_ss
    B + p * GNR * kc, row kk of it GNR elements further each (off NULL); or, for a stride-1
    convolution read straight from a zero-padded image (no packing), row kk of the panel whose
    first output position is q lies at B + off[kk] + (q / Wo) * Wp + q % Wo (off[kk]: where
-   row k0 + kk of the column matrix starts in the image, Wo % GNR == 0 so that a panel never
-   crosses an output row). */
+   row k0 + kk of the column matrix starts in the image's phase layout, Wp the step from one
+   output row to the next there; Wo % GNR == 0 so that a panel never crosses an output row). */
 typedef struct {
     const GT* B;
     const Py_ssize_t* off;
@@ -564,8 +564,9 @@ typedef struct {
     Py_ssize_t N, C, H, W, F, HH, WW, stride, pad, Ho, Wo;
     int failed;
     GNAME(work)* ws;
-    Py_ssize_t* off; /* forward, stride 1, Wo % GNR == 0: where each row of the column
-                        matrix starts in a padded image (read in place), else NULL */
+    Py_ssize_t* off; /* where each row of the column matrix starts in a padded image (read
+                        in place: forward with Wo % GNR == 0, weight gradient), else NULL */
+    const GT* wpre;  /* forward, F <= MLG_MC: wb packed once for every image, else NULL */
 } GNAME(conv_job);
 
 static GNAME(conv) GNAME(image)(const GNAME(conv_job)* j, Py_ssize_t n) {
@@ -573,23 +574,62 @@ static GNAME(conv) GNAME(image)(const GNAME(conv_job)* j, Py_ssize_t n) {
                            j->HH, j->WW, j->stride, j->pad, j->Ho, j->Wo);
 }
 
+/* The in-place paths read a padded copy of each image laid out by column phase: with stride
+   s, channel c holds s planes (phase ph = padded column % s), each Hp rows of Wps = ceil(Wp /
+   s) columns, so that the inputs of one filter tap at consecutive output columns are
+   consecutive in memory for any stride. Then a plane of ones (the bias row) and a plane of
+   zeros (rows past a block's end), each one channel in size. */
+static Py_ssize_t GNAME(channel)(const GNAME(conv_job)* j) {
+    Py_ssize_t s = j->stride, Wp = j->W + 2 * j->pad;
+    return s * (j->H + 2 * j->pad) * ((Wp + s - 1) / s);
+}
+
+static Py_ssize_t* GNAME(offsets)(const GNAME(conv_job)* j, Py_ssize_t rows) {
+    /* where each row k of the column matrix starts in the phase layout (row K: the ones,
+       rows past it up to `rows`: the zeros); NULL when memory ran out */
+    Py_ssize_t s = j->stride, Hp = j->H + 2 * j->pad, Wps = (j->W + 2 * j->pad + s - 1) / s;
+    Py_ssize_t K = j->C * j->HH * j->WW, ch = GNAME(channel)(j);
+    Py_ssize_t* off = (Py_ssize_t*)malloc(sizeof(Py_ssize_t) * (rows > K + 1 ? rows : K + 1));
+    if (off == NULL) return NULL;
+    for (Py_ssize_t k = 0; k < K; k++) {
+        Py_ssize_t c = k / (j->HH * j->WW), kh = (k / j->WW) % j->HH, kw = k % j->WW;
+        off[k] = c * ch + (kw % s) * Hp * Wps + kh * Wps + kw / s;
+    }
+    off[K] = j->C * ch;
+    for (Py_ssize_t k = K + 1; k < rows; k++) off[k] = (j->C + 1) * ch;
+    return off;
+}
+
 static int GNAME(padded)(const GNAME(conv_job)* j, GNAME(work)* w, Py_ssize_t n,
                          GNAME(conv)* g) {
-    /* *g = image n's geometry on a zero-padded copy of it in the thread's buffer (pad 0: the
-       generated rows are then straight copies, no bounds to test); 0 when memory ran out */
-    Py_ssize_t Hp = j->H + 2 * j->pad, Wp = j->W + 2 * j->pad, C = j->C;
+    /* image n, zero-padded, in the phase layout in the thread's buffer; *g its geometry for
+       the packing paths (pad 0: generated rows are straight copies; stride 1 only, where the
+       phase layout is the plain padded image); 0 when memory ran out */
+    Py_ssize_t Hp = j->H + 2 * j->pad, Wp = j->W + 2 * j->pad, C = j->C, s = j->stride;
+    Py_ssize_t Wps = (Wp + s - 1) / s, ch = GNAME(channel)(j);
     if (w->extra == NULL) {
-        /* C planes, a plane of ones (the bias row, read in place by the stride-1 paths), a
-           plane of zeros (rows past a block's end) */
-        w->extra = (GT*)calloc((C + 2) * Hp * Wp > 0 ? (C + 2) * Hp * Wp : 1, sizeof(GT));
+        w->extra = (GT*)calloc((C + 2) * ch > 0 ? (C + 2) * ch : 1, sizeof(GT));
         if (w->extra == NULL) return 0;
-        for (Py_ssize_t e = C * Hp * Wp; e < (C + 1) * Hp * Wp; e++) w->extra[e] = 1;
+        for (Py_ssize_t e = C * ch; e < (C + 1) * ch; e++) w->extra[e] = 1;
     }
     const GT* x = j->x + n * C * j->H * j->W;
     for (Py_ssize_t c = 0; c < C; c++)
-        for (Py_ssize_t h = 0; h < j->H; h++)
-            memcpy(w->extra + (c * Hp + h + j->pad) * Wp + j->pad, x + (c * j->H + h) * j->W,
-                   sizeof(GT) * j->W); /* the borders stay zero (calloc) */
+        for (Py_ssize_t h = 0; h < j->H; h++) {
+            const GT* src = x + (c * j->H + h) * j->W;
+            if (s == 1) {
+                memcpy(w->extra + c * ch + (h + j->pad) * Wp + j->pad, src, sizeof(GT) * j->W);
+            } else {
+                for (Py_ssize_t ph = 0; ph < s; ph++) {
+                    /* phase ph holds padded columns jj * s + ph, i.e. image columns
+                       jj * s + ph - pad: those inside the image */
+                    Py_ssize_t d = ph - j->pad;
+                    Py_ssize_t lo = d >= 0 ? 0 : (-d + s - 1) / s;
+                    Py_ssize_t hi = j->W - 1 - d >= 0 ? (j->W - 1 - d) / s + 1 : 0;
+                    GT* dst = w->extra + c * ch + ph * Hp * Wps + (h + j->pad) * Wps;
+                    for (Py_ssize_t jj = lo; jj < hi; jj++) dst[jj] = src[jj * s + d];
+                }
+            }
+        } /* the borders stay zero (calloc) */
     *g = GNAME(geometry)(w->extra, C, Hp, Wp, j->HH, j->WW, j->stride, 0, j->Ho, j->Wo);
     return 1;
 }
@@ -605,14 +645,16 @@ static void GNAME(conv_forward_item)(void* arg, Py_ssize_t n, int tid) {
     Py_ssize_t K = j->C * j->HH * j->WW, P = j->Ho * j->Wo;
     GNAME(strided) a = {j->wb, K + 1, 1};
     GNAME(convpack) b;
-    if (!GNAME(padded)(j, w, n, &b.g)) {
+    if (j->off == NULL && j->stride > 1) {
+        b.g = GNAME(image)(j, n); /* packed from the image itself, padding and stride */
+    } else if (!GNAME(padded)(j, w, n, &b.g)) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
         return;
     }
     if (j->off != NULL) {
         /* the kernel reads the column matrix straight from the padded image: no packing */
         GT* out = j->out + n * j->F * P;
-        Py_ssize_t Wp = j->W + 2 * j->pad;
+        Py_ssize_t s = j->stride, Wp = s * ((j->W + 2 * j->pad + s - 1) / s); /* a row step */
         for (Py_ssize_t j0 = 0; j0 < P; j0 += MLG_NC) {
             Py_ssize_t nb = P - j0 < MLG_NC ? P - j0 : MLG_NC;
             for (Py_ssize_t p0 = 0; p0 < K + 1; p0 += MLG_KC) {
@@ -620,15 +662,23 @@ static void GNAME(conv_forward_item)(void* arg, Py_ssize_t n, int tid) {
                 GNAME(bsrc) bs = {b.g.x, j->off + p0, j0, j->Wo, Wp};
                 for (Py_ssize_t i0 = 0; i0 < j->F; i0 += MLG_MC) {
                     Py_ssize_t m = j->F - i0 < MLG_MC ? j->F - i0 : MLG_MC;
-                    GNAME(pack_a_strided)(&a, i0, m, p0, kc, w->Ap);
-                    GNAME(tile)(m, nb, kc, w->Ap, &bs, out + i0 * P + j0, P, p0 > 0);
+                    const GT* Ap = w->Ap;
+                    if (j->wpre != NULL)
+                        Ap = j->wpre + (j->F + MLG_MR - 1) / MLG_MR * MLG_MR * p0;
+                    else
+                        GNAME(pack_a_strided)(&a, i0, m, p0, kc, w->Ap);
+                    GNAME(tile)(m, nb, kc, Ap, &bs, out + i0 * P + j0, P, p0 > 0);
                 }
             }
         }
         return;
     }
-    GNAME(gemm_serial)(j->F, P, K + 1, GNAME(pack_a_strided), &a, GNAME(pack_b_conv), &b,
-                       j->out + n * j->F * P, P, 0, w);
+    if (j->wpre != NULL)
+        GNAME(gemm_serial)(j->F, P, K + 1, NULL, j->wpre, GNAME(pack_b_conv), &b,
+                           j->out + n * j->F * P, P, 0, w);
+    else
+        GNAME(gemm_serial)(j->F, P, K + 1, GNAME(pack_a_strided), &a, GNAME(pack_b_conv), &b,
+                           j->out + n * j->F * P, P, 0, w);
 }
 
 static void GNAME(conv_backward_w_item)(void* arg, Py_ssize_t gi, int tid) {
@@ -649,8 +699,8 @@ static void GNAME(conv_backward_w_item)(void* arg, Py_ssize_t gi, int tid) {
             return;
         }
         if (j->off != NULL) {
-            /* stride 1: the kernel reads the column matrix in place (rows k from j->off) */
-            Py_ssize_t Wp = j->W + 2 * j->pad;
+            /* the kernel reads the column matrix in place (rows k from j->off) */
+            Py_ssize_t s = j->stride, Wp = s * ((j->W + 2 * j->pad + s - 1) / s); /* row step */
             GNAME(strided) b = {j->dout + n * F * P, 1, P}; /* (position, f) */
             for (Py_ssize_t j0 = 0; j0 < F; j0 += MLG_NC) {
                 Py_ssize_t nb = F - j0 < MLG_NC ? F - j0 : MLG_NC;
@@ -701,20 +751,26 @@ static int GNAME(conv_forward)(const GT* x, const GT* wb, GT* out, Py_ssize_t N,
     if (nthreads > N) nthreads = (int)N;
     if (nthreads < 1) nthreads = 1;
     GNAME(conv_job) j = {x, wb, NULL, out, NULL, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo, 0,
-                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work))), NULL};
+                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work))), NULL, NULL};
     if (j.ws == NULL) return -1;
-    Py_ssize_t K = C * HH * WW, Hp = H + 2 * pad, Wp = W + 2 * pad;
-    if (stride == 1 && Wo % GNR == 0) {
-        j.off = (Py_ssize_t*)malloc(sizeof(Py_ssize_t) * (K + 1));
-        if (j.off != NULL) {
-            for (Py_ssize_t k = 0; k < K; k++)
-                j.off[k] = (k / (HH * WW)) * Hp * Wp + ((k / WW) % HH) * Wp + k % WW;
-            j.off[K] = C * Hp * Wp; /* the plane of ones */
+    if (Wo % GNR == 0) j.off = GNAME(offsets)(&j, 0); /* panels within output rows */
+    GT* pre = NULL;
+    Py_ssize_t K1 = C * HH * WW + 1;
+    if (F <= MLG_MC) { /* the filters, packed once for every image */
+        Py_ssize_t padF = (F + MLG_MR - 1) / MLG_MR * MLG_MR;
+        pre = (GT*)aligned_alloc(64, ((size_t)padF * K1 * sizeof(GT) + 63) / 64 * 64);
+        if (pre != NULL) {
+            GNAME(strided) a = {wb, K1, 1};
+            for (Py_ssize_t p0 = 0; p0 < K1; p0 += MLG_KC)
+                GNAME(pack_a_strided)(&a, 0, F, p0, K1 - p0 < MLG_KC ? K1 - p0 : MLG_KC,
+                                      pre + padF * p0);
+            j.wpre = pre;
         }
     }
     mlcore_parallel(GNAME(conv_forward_item), &j, N, nthreads);
     GNAME(works_free)(j.ws, nthreads);
     free(j.off);
+    free(pre);
     return j.failed ? -1 : 0;
 }
 
@@ -737,22 +793,12 @@ static int GNAME(conv_backward_w)(const GT* x, const GT* dout, GT* dwbT, Py_ssiz
     if (nthreads > ng) nthreads = (int)ng;
     if (nthreads < 1) nthreads = 1;
     GNAME(conv_job) j = {x, NULL, dout, part, dwbT, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo,
-                         0, (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work))), NULL};
+                         0, (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work))), NULL, NULL};
     if (j.ws == NULL) {
         free(part);
         return -1;
     }
-    if (stride == 1) {
-        Py_ssize_t K = K1 - 1, Hp = H + 2 * pad, Wp = W + 2 * pad;
-        Py_ssize_t rows = (K1 + MLG_MC) / MLG_MR * MLG_MR + MLG_MR; /* room past the end */
-        j.off = (Py_ssize_t*)malloc(sizeof(Py_ssize_t) * rows);
-        if (j.off != NULL) {
-            for (Py_ssize_t k = 0; k < K; k++)
-                j.off[k] = (k / (HH * WW)) * Hp * Wp + ((k / WW) % HH) * Wp + k % WW;
-            j.off[K] = C * Hp * Wp; /* the plane of ones */
-            for (Py_ssize_t k = K1; k < rows; k++) j.off[k] = (C + 1) * Hp * Wp; /* zeros */
-        }
-    }
+    j.off = GNAME(offsets)(&j, (K1 + MLG_MC) / MLG_MR * MLG_MR + MLG_MR); /* room past K1 */
     mlcore_parallel(GNAME(conv_backward_w_item), &j, ng, nthreads);
     free(j.off);
     GNAME(works_free)(j.ws, nthreads);
@@ -774,7 +820,7 @@ static int GNAME(conv_backward_x)(const GT* w2, const GT* dout, GT* dx, Py_ssize
     if (nthreads > N) nthreads = (int)N;
     if (nthreads < 1) nthreads = 1;
     GNAME(conv_job) j = {NULL, w2, dout, dx, NULL, N, C, H, W, F, HH, WW, stride, pad, Ho, Wo, 0,
-                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work))), NULL};
+                         (GNAME(work)*)calloc(nthreads, sizeof(GNAME(work))), NULL, NULL};
     if (j.ws == NULL) return -1;
     mlcore_parallel(GNAME(conv_backward_x_item), &j, N, nthreads);
     GNAME(works_free)(j.ws, nthreads);

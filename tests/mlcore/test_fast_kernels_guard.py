@@ -40,6 +40,8 @@ CONV_CASES = [  # x shape, (HH, WW), stride, pad
     ((1, 1, 1, 1), (3, 3), 1, 1),
     ((2, 2, 5, 16), (3, 3), 1, 1),  # stride 1, output rows of 16: read in place, not packed
     ((1, 3, 4, 38), (7, 7), 1, 3),  # output rows of 38: packed
+    ((2, 2, 5, 31), (3, 3), 2, 1),  # stride 2, output rows of 16: in place, by column phase
+    ((1, 1, 4, 24), (2, 2), 3, 0),  # stride 3, rows of 8: in place for float64 only
 ]
 POOL_CASES = [  # x shape, (ph, pw), stride
     ((2, 3, 8, 8), (2, 2), 2),
