@@ -49,18 +49,22 @@ def log_checkpoint(run_id: str, path: str | Path, epoch: int, keep: int = 2) -> 
 
     def send():
         client().log_artifact(run_id, str(path), CHECKPOINT_DIR)
-        kept = _last(logged_checkpoints(run_id), entry, keep)
+        run = client().get_run(run_id)
+        before = json.loads(run.data.tags.get(CHECKPOINT_TAG, "[]"))
+        kept = _last(before, entry, keep)
         client().set_tag(run_id, CHECKPOINT_TAG, json.dumps(kept))
         names = {c["artifact"] for c in kept}
-        stale = [
-            a.path
-            for a in client().list_artifacts(run_id, CHECKPOINT_DIR)
-            if not a.is_dir and a.path not in names
-        ]
-        if stale:
-            artifact_uri = client().get_run(run_id).info.artifact_uri
-            for artifact in stale:
-                _delete_artifact(artifact_uri, artifact)
+        if run_id in _swept:  # the ones the tag dropped (a listing costs as much as the rest)
+            stale = [c["artifact"] for c in before if c["artifact"] not in names]
+        else:  # first checkpoint of this run in this process: also what a killed one left
+            stale = [
+                a.path
+                for a in client().list_artifacts(run_id, CHECKPOINT_DIR)
+                if not a.is_dir and a.path not in names
+            ]
+            _swept.add(run_id)
+        for artifact in stale:
+            _delete_artifact(run.info.artifact_uri, artifact)
 
     def keep_locally(folder: Path) -> None:
         shutil.copy(path, spool.artifact_path(folder, entry["artifact"]))
@@ -73,6 +77,10 @@ def log_checkpoint(run_id: str, path: str | Path, epoch: int, keep: int = 2) -> 
                 old.unlink()
 
     spool.send(run_id, send, keep_locally)
+
+
+# runs whose checkpoint artifacts this process has listed once (see log_checkpoint)
+_swept: set[str] = set()
 
 
 def _last(logged: list[dict], entry: dict, keep: int) -> list[dict]:
