@@ -25,6 +25,7 @@ extensions = [
         depends=[
             "mlcore/nn/_gemm.h",
             "mlcore/nn/_gemm_impl.h",
+            "mlcore/nn/_conv_impl.h",
             "mlcore/nn/_layers_impl.h",
             "mlcore/nn/_threads.h",
         ],

@@ -8,10 +8,10 @@ usable CPUs, unless :func:`set_num_threads` overrides it). Every parallel loop o
 a training step is here, in one threading runtime: numpy's BLAS is not called in
 the middle of it, and no result depends on the thread count.
 
-* ``gemm``: the matrix product (C code in ``_gemm.h``): every output element
+* ``gemm``: the matrix product (C code in ``_gemm_impl.h``): every output element
   summed in an order fixed by the shapes alone, one fused multiply-add per term,
   an AVX2 kernel where the CPU has it (the same bits as the portable one).
-* ``conv_forward`` / ``conv_backward_w`` / ``conv_backward_x``: convolution as
+* ``conv_forward`` / ``conv_backward_w`` / ``conv_backward_x`` (``_conv_impl.h``): convolution as
   an implicit GEMM: the product packs its blocks of the column matrix straight
   from the image (zero padding included), so no column matrix is ever built;
   image by image (threads over images), the weight gradient summed in fixed
@@ -37,6 +37,8 @@ ctypedef fused floating_t:
 
 cdef extern from "_gemm.h":
     int mlcore_default_threads() nogil
+    int mlcore_have_avx2_fma() nogil
+    int mlcore_avx2_fma
 
 KERNELS_AVAILABLE = True
 
@@ -53,6 +55,16 @@ def set_num_threads(int n=0):
 def get_num_threads():
     """The number of threads the kernels will use."""
     return _threads()
+
+
+def use_portable_kernel(bint flag=True):
+    """Run the products on the portable C kernel (C99 fma) even where the CPU has AVX2 and
+    FMA (``flag``), or go back to picking by the CPU; returns whether the AVX2 kernel was in
+    use. For tests: both kernels give the same bits."""
+    cdef int before = mlcore_have_avx2_fma()
+    global mlcore_avx2_fma
+    mlcore_avx2_fma = 0 if flag else -1
+    return bool(before)
 
 
 cdef inline int _threads() noexcept nogil:

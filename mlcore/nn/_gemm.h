@@ -1,5 +1,6 @@
-/* mlcore's kernels, float32 and float64: the matrix product and the convolutions
-   (_gemm_impl.h), max pooling and Adam (_layers_impl.h), on one thread pool (_threads.h). */
+/* mlcore's kernels, float32 and float64: the matrix product (_gemm_impl.h), the
+   convolutions (_conv_impl.h), max pooling and Adam (_layers_impl.h), all on one thread pool
+   (_threads.h). */
 #ifndef MLCORE_GEMM_H
 #define MLCORE_GEMM_H
 
@@ -30,6 +31,9 @@ static int mlcore_have_avx2_fma(void) {
     }
     return mlcore_avx2_fma;
 }
+#else
+static int mlcore_avx2_fma = 0; /* no AVX2 kernel: the portable one */
+static int mlcore_have_avx2_fma(void) { return 0; }
 #endif
 
 #define GT float
@@ -45,6 +49,7 @@ static int mlcore_have_avx2_fma(void) {
 #define GFMAV _mm256_fmadd_ps
 #define GSTORE _mm256_store_ps
 #include "_gemm_impl.h"
+#include "_conv_impl.h"
 #include "_layers_impl.h"
 #undef GT
 #undef GVL
@@ -72,6 +77,7 @@ static int mlcore_have_avx2_fma(void) {
 #define GFMAV _mm256_fmadd_pd
 #define GSTORE _mm256_store_pd
 #include "_gemm_impl.h"
+#include "_conv_impl.h"
 #include "_layers_impl.h"
 #undef GT
 #undef GVL

@@ -4,7 +4,8 @@ numpy's BLAS (OpenBLAS) splits a product differently on one thread than on sever
 sums come out in another order: a training on a one-thread Dask worker then parts from the
 same training on two threads after a few steps. :func:`matmul` runs the compiled kernel of
 :mod:`mlcore.nn._fast` instead, whose every output element is summed in an order fixed by the
-shapes alone (see ``_gemm_impl.h``), with OpenMP threads splitting the output, never a sum.
+shapes alone (see ``_gemm_impl.h``), with mlcore's thread pool splitting the output, never a
+sum.
 Where the extension is not built or is switched off (:func:`mlcore.nn.fast_layers.
 use_extension`), or for other dtypes, it is numpy's ``@``.
 """

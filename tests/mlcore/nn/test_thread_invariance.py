@@ -176,3 +176,40 @@ def test_the_convolution_paths_give_the_same_bits(dtype):
     narrow, _ = fl.conv_forward_fast(np.ascontiguousarray(x[..., :32]), w, b, cp)  # in place
     np.testing.assert_array_equal(narrow[..., :29], wide[..., :29])
     assert not np.array_equal(narrow[..., 29:], wide[..., 29:32])  # those do see it
+
+
+def test_the_portable_kernel_gives_the_avx2_kernels_bits():
+    """Where the CPU has no AVX2/FMA the products run a portable C kernel (C99 fma): every
+    result must be the same bits as the AVX2 kernel's (the product, the convolution's in-place
+    and packed paths, its weight and input gradients, float32 and float64)."""
+    from mlcore.nn import _fast
+    from mlcore.nn.linalg import matmul
+
+    rng = np.random.default_rng(6)
+
+    def results():
+        out = []
+        for dt in (np.float32, np.float64):
+            a, b = rng.standard_normal((37, 300)).astype(dt), rng.standard_normal((300, 41))
+            out.append(matmul(a, b.astype(dt)))
+            for xs, ws, cp in [
+                ((3, 2, 9, 16), (5, 2, 3, 3), {"stride": 1, "pad": 1}),  # in place
+                ((3, 2, 9, 13), (5, 2, 3, 3), {"stride": 2, "pad": 1}),  # packed
+            ]:
+                x, w = rng.standard_normal(xs).astype(dt), rng.standard_normal(ws).astype(dt)
+                o, cache = fl.conv_forward_fast(x, w, rng.standard_normal(ws[0]).astype(dt), cp)
+                out += [o, *fl.conv_backward_fast(rng.standard_normal(o.shape).astype(dt), cache)]
+        return out
+
+    state = rng.bit_generator.state
+    fast = results()
+    rng.bit_generator.state = state
+    had_avx2 = _fast.use_portable_kernel(True)
+    try:
+        portable = results()
+    finally:
+        _fast.use_portable_kernel(False)
+    if not had_avx2:
+        pytest.skip("this CPU has no AVX2/FMA: only the portable kernel runs")
+    for f, p in zip(fast, portable, strict=True):
+        np.testing.assert_array_equal(f, p)
