@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 SOURCES := pyproject.toml uv.lock setup.py mlcore/nn/_fast.pyx mlcore/nn/_gemm.h mlcore/nn/_gemm_impl.h \
-	mlcore/nn/_conv_impl.h mlcore/nn/_layers_impl.h mlcore/nn/_threads.h
+	mlcore/nn/_conv_impl.h mlcore/nn/_layers_impl.h mlcore/nn/_threads.h \
+	mlcore/nn/_precision.h
 
 # uv: the one on PATH if it is at least UV_VERSION, else UV_VERSION installed with python3's pip
 # into .tools/uv (not system-wide). `make UV=/path/to/uv` picks another.

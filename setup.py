@@ -26,6 +26,7 @@ extensions = [
             "mlcore/nn/_gemm.h",
             "mlcore/nn/_gemm_impl.h",
             "mlcore/nn/_conv_impl.h",
+            "mlcore/nn/_precision.h",
             "mlcore/nn/_layers_impl.h",
             "mlcore/nn/_threads.h",
         ],

@@ -43,26 +43,11 @@ static int mlcore_have_avx2_fma(void) { return 0; }
 #define GNAME(x) mlcore_##x##_f
 #define GVEC __m256
 #define GZERO _mm256_setzero_ps
-#define GLOAD _mm256_load_ps
 #define GLOADU _mm256_loadu_ps
 #define GSET1 _mm256_set1_ps
 #define GFMAV _mm256_fmadd_ps
 #define GSTORE _mm256_store_ps
-#include "_gemm_impl.h"
-#include "_conv_impl.h"
-#include "_layers_impl.h"
-#undef GT
-#undef GVL
-#undef GFMA
-#undef GSQRT
-#undef GNAME
-#undef GVEC
-#undef GZERO
-#undef GLOAD
-#undef GLOADU
-#undef GSET1
-#undef GFMAV
-#undef GSTORE
+#include "_precision.h"
 
 #define GT double
 #define GVL 4
@@ -71,25 +56,10 @@ static int mlcore_have_avx2_fma(void) { return 0; }
 #define GNAME(x) mlcore_##x##_d
 #define GVEC __m256d
 #define GZERO _mm256_setzero_pd
-#define GLOAD _mm256_load_pd
 #define GLOADU _mm256_loadu_pd
 #define GSET1 _mm256_set1_pd
 #define GFMAV _mm256_fmadd_pd
 #define GSTORE _mm256_store_pd
-#include "_gemm_impl.h"
-#include "_conv_impl.h"
-#include "_layers_impl.h"
-#undef GT
-#undef GVL
-#undef GFMA
-#undef GSQRT
-#undef GNAME
-#undef GVEC
-#undef GZERO
-#undef GLOAD
-#undef GLOADU
-#undef GSET1
-#undef GFMAV
-#undef GSTORE
+#include "_precision.h"
 
 #endif

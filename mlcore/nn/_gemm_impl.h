@@ -143,6 +143,22 @@ static void GNAME(tile_any)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT*
 }
 
 #ifdef MLG_X86
+/* the 6 x 2 vector accumulators of the AVX2 kernels: declared zero, and stored to a register
+   tile t[MLG_MR][GNR] */
+#define MLG_ACC_ZERO                                                                         \
+    GVEC c00 = GZERO(), c01 = GZERO(), c10 = GZERO(), c11 = GZERO();                         \
+    GVEC c20 = GZERO(), c21 = GZERO(), c30 = GZERO(), c31 = GZERO();                         \
+    GVEC c40 = GZERO(), c41 = GZERO(), c50 = GZERO(), c51 = GZERO();
+#define MLG_ACC_STORE(T)                                                                     \
+    GSTORE((T) + 0 * GNR, c00); GSTORE((T) + 0 * GNR + GVL, c01);                            \
+    GSTORE((T) + 1 * GNR, c10); GSTORE((T) + 1 * GNR + GVL, c11);                            \
+    GSTORE((T) + 2 * GNR, c20); GSTORE((T) + 2 * GNR + GVL, c21);                            \
+    GSTORE((T) + 3 * GNR, c30); GSTORE((T) + 3 * GNR + GVL, c31);                            \
+    GSTORE((T) + 4 * GNR, c40); GSTORE((T) + 4 * GNR + GVL, c41);                            \
+    GSTORE((T) + 5 * GNR, c50); GSTORE((T) + 5 * GNR + GVL, c51);
+#endif
+
+#ifdef MLG_X86
 __attribute__((target("avx2,fma")))
 static void GNAME(tile_avx2)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT* Ap,
                              const GNAME(bsrc)* bs, GT* C, Py_ssize_t ldc, int add) {
@@ -155,9 +171,7 @@ static void GNAME(tile_avx2)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT
         for (Py_ssize_t ir = 0; ir < m; ir += MLG_MR) {
             const GT* ap = Ap + (ir / MLG_MR) * MLG_MR * kc;
             Py_ssize_t mr = m - ir < MLG_MR ? m - ir : MLG_MR;
-            GVEC c00 = GZERO(), c01 = GZERO(), c10 = GZERO(), c11 = GZERO();
-            GVEC c20 = GZERO(), c21 = GZERO(), c30 = GZERO(), c31 = GZERO();
-            GVEC c40 = GZERO(), c41 = GZERO(), c50 = GZERO(), c51 = GZERO();
+            MLG_ACC_ZERO
 #define MLG_STEP(BP)                                                                         \
     {                                                                                        \
         GVEC b0 = GLOADU(BP), b1 = GLOADU((BP) + GVL), a;                                    \
@@ -176,12 +190,7 @@ static void GNAME(tile_avx2)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc, const GT
                 for (Py_ssize_t kk = 0; kk < kc; kk++) MLG_STEP(bp0 + off[kk])
             }
 #undef MLG_STEP
-            GSTORE(t + 0 * GNR, c00); GSTORE(t + 0 * GNR + GVL, c01);
-            GSTORE(t + 1 * GNR, c10); GSTORE(t + 1 * GNR + GVL, c11);
-            GSTORE(t + 2 * GNR, c20); GSTORE(t + 2 * GNR + GVL, c21);
-            GSTORE(t + 3 * GNR, c30); GSTORE(t + 3 * GNR + GVL, c31);
-            GSTORE(t + 4 * GNR, c40); GSTORE(t + 4 * GNR + GVL, c41);
-            GSTORE(t + 5 * GNR, c50); GSTORE(t + 5 * GNR + GVL, c51);
+            MLG_ACC_STORE(t)
             GNAME(store)(t, mr, nr, C + ir * ldc + jr, ldc, add);
         }
     }
@@ -238,9 +247,7 @@ static void GNAME(tile_ia_avx2)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc,
         for (Py_ssize_t ir = 0; ir < m; ir += MLG_MR) {
             Py_ssize_t mr = m - ir < MLG_MR ? m - ir : MLG_MR;
             const Py_ssize_t* ar = as->arow + ir;
-            GVEC c00 = GZERO(), c01 = GZERO(), c10 = GZERO(), c11 = GZERO();
-            GVEC c20 = GZERO(), c21 = GZERO(), c30 = GZERO(), c31 = GZERO();
-            GVEC c40 = GZERO(), c41 = GZERO(), c50 = GZERO(), c51 = GZERO();
+            MLG_ACC_ZERO
             for (Py_ssize_t kk = 0; kk < kc;) {
                 Py_ssize_t q = as->q0 + kk, j = q % as->Wo;
                 Py_ssize_t len = as->Wo - j < kc - kk ? as->Wo - j : kc - kk;
@@ -260,12 +267,7 @@ static void GNAME(tile_ia_avx2)(Py_ssize_t m, Py_ssize_t n, Py_ssize_t kc,
                 }
                 kk += len;
             }
-            GSTORE(t + 0 * GNR, c00); GSTORE(t + 0 * GNR + GVL, c01);
-            GSTORE(t + 1 * GNR, c10); GSTORE(t + 1 * GNR + GVL, c11);
-            GSTORE(t + 2 * GNR, c20); GSTORE(t + 2 * GNR + GVL, c21);
-            GSTORE(t + 3 * GNR, c30); GSTORE(t + 3 * GNR + GVL, c31);
-            GSTORE(t + 4 * GNR, c40); GSTORE(t + 4 * GNR + GVL, c41);
-            GSTORE(t + 5 * GNR, c50); GSTORE(t + 5 * GNR + GVL, c51);
+            MLG_ACC_STORE(t)
             GNAME(store)(t, mr, nr, C + ir * ldc + jr, ldc, add);
         }
     }
@@ -421,3 +423,5 @@ static int GNAME(gemm)(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const GT* A, Py
 }
 
 #undef GNR
+#undef MLG_ACC_ZERO
+#undef MLG_ACC_STORE
