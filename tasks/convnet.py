@@ -98,16 +98,22 @@ def gradient_gate(input_dim: tuple, filter_size: int, num_classes: int, seed: in
 
 
 class _TrainingDisplay:
-    """Solver callback: metrics to MLflow (flushed each epoch), each checkpoint to MLflow, and
-    a progress bar on a terminal. Used as a context manager around ``solver.train()``: the
-    progress bar shows inside it, and ``epoch_seconds`` (step = epoch) is the wall time from
-    entering it, then from the end of the epoch before, to each epoch's end (its accuracies
-    included; the checkpoint written after an epoch counts in the next one).
+    """Solver callback: metrics to MLflow, each checkpoint to MLflow, and a progress bar on a
+    terminal. Used as a context manager around ``solver.train()``: the progress bar shows
+    inside it, and ``epoch_seconds`` (step = epoch) is the wall time from entering it, then
+    from the end of the epoch before, to each epoch's end (its accuracies included; the
+    checkpoint written after an epoch counts in the next one).
+
+    Metrics go to MLflow in one batch at an epoch's end when ``FLUSH_SECONDS`` have passed
+    since the last batch, and always right before a checkpoint is written (so a checkpoint
+    never gets ahead of the metrics MLflow has), and when training ends: short epochs do not
+    pay a database write each.
 
     A resumed run (or a retried task) goes again through steps it may have logged before it
-    stopped (metrics are flushed at an epoch's end, before its checkpoint is written). Those
-    points are the same bits again, so the ones MLflow already has are skipped: each metric's
-    history reads as one uninterrupted run's."""
+    stopped. Those points are the same bits again, so the ones MLflow already has are
+    skipped: each metric's history reads as one uninterrupted run's."""
+
+    FLUSH_SECONDS = 2.0
 
     def __init__(self, run_id: str, total_iterations: int, done: int = 0, extra=None):
         self.run_id = run_id
@@ -117,6 +123,7 @@ class _TrainingDisplay:
             run_id, ["loss", "train_acc", "val_acc", "lr", "epoch_seconds"]
         )
         self.epoch_started = None
+        self.flushed = time.monotonic()
         self.all_checkpoints_logged = True
         console = Console(file=sys.stderr)
         self.progress = Progress(
@@ -151,7 +158,9 @@ class _TrainingDisplay:
                 self.epoch_started = now
             for name in ("train_acc", "val_acc", "lr"):
                 self._add(name, info[name], info["epoch"])
-            self.metrics.flush()
+            if info["checkpoint"] or time.monotonic() - self.flushed >= self.FLUSH_SECONDS:
+                self.metrics.flush()
+                self.flushed = time.monotonic()
             self.progress.update(
                 self.task, status=f"epoch {info['epoch']} val_acc {info['val_acc']:.3f}"
             )
@@ -177,6 +186,25 @@ class _TrainingDisplay:
 
 CHECKPOINT_PREFIX = "convnet"
 _CHECKPOINT_FILE = re.compile(rf"^{CHECKPOINT_PREFIX}_epoch_(\d+)\.npz$")
+
+
+DEFAULT_CHECKPOINT_SECONDS = 10.0
+
+
+def checkpoint_seconds() -> float:
+    """Seconds between two checkpoints of a training: ``$MLCORE_CHECKPOINT_SECONDS``, by
+    default ``DEFAULT_CHECKPOINT_SECONDS``; 0 checkpoints every epoch. The last epoch is
+    always checkpointed (``Solver``'s ``checkpoint_seconds``)."""
+    raw = os.environ.get("MLCORE_CHECKPOINT_SECONDS", "").strip()
+    if not raw:
+        return DEFAULT_CHECKPOINT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"MLCORE_CHECKPOINT_SECONDS must be a number of seconds >= 0, got {raw!r}")
+    return value
 
 
 def checkpoint_dir(run_id: str) -> Path:
@@ -235,10 +263,12 @@ def train_convnet(
     callback: Callable[[str, dict], None] | None = None,
 ) -> dict[str, Any]:
     """Train a ThreeLayerConvNet with Solver (per-iteration loss, per-epoch accuracies and
-    ``epoch_seconds`` to MLflow), checkpointing every epoch into checkpoint_dir(run_id) and the
-    run's artifacts. Starts from the run's latest checkpoint if it has one (a resumed run, a
-    retried task), so it ends exactly where an uninterrupted run would. ``callback`` also gets
+    ``epoch_seconds`` to MLflow), checkpointing every checkpoint_seconds() and at the last
+    epoch into checkpoint_dir(run_id) and the run's artifacts. Starts from the run's latest
+    checkpoint if it has one (a resumed run, a retried task), so it ends exactly where an
+    uninterrupted run would. ``callback`` also gets
     every Solver event. Returns the model (best validation parameters) and its histories."""
+    every = checkpoint_seconds()
     model = ThreeLayerConvNet(
         input_dim=data["X_train"].shape[1:], num_classes=num_classes, seed=seed,
         dtype=np.float32, **config,
@@ -256,7 +286,7 @@ def train_convnet(
     )  # fmt: skip
     solver = Solver(
         model, data, **solver_config, seed=seed, callback=display, verbose=False,
-        checkpoint_name=str(directory / CHECKPOINT_PREFIX),
+        checkpoint_name=str(directory / CHECKPOINT_PREFIX), checkpoint_seconds=every,
         resume_from=start[0] if start else None,
     )  # fmt: skip
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 
 import numpy as np
 
@@ -48,6 +49,12 @@ class Solver:
     checkpoint_name (None; otherwise ``{checkpoint_name}_epoch_{epoch}.npz`` after each
     epoch), print_every (10), verbose (True), plus:
 
+    - checkpoint_seconds (0): with a checkpoint_name, an epoch's end writes a checkpoint only
+      once at least this many seconds have passed since the last one (or since ``train()``
+      began); the last epoch's end always writes one. 0 checkpoints every epoch. A killed
+      run then loses at most about this much work, and short epochs do not pay a file write
+      each. Which epochs are checkpointed never changes the training.
+
     - seed: seeds the one np.random.default_rng behind all sampling (minibatches and the
       accuracy subsamples), so two runs with the same seed are identical. None (the default)
       draws the seed from numpy's global generator, ``int(np.random.randint(2**31))`` (one
@@ -57,7 +64,8 @@ class Solver:
       info dict(iteration, epoch, loss) (iteration counts from 1; epoch is the number of
       completed epochs), and each time accuracies are recorded (after the first iteration and
       at every epoch end) with kind "epoch" and info dict(epoch, iteration, train_acc, val_acc,
-      lr).
+      lr, checkpoint), where checkpoint says whether a checkpoint is written right after
+      this event.
     - resume_from: path of a checkpoint written by a Solver; training continues from it.
     - divergence_factor (DEFAULT_DIVERGENCE_FACTOR = 1e3): training stops with
       TrainingDiverged at the first loss that is not finite or is more than this many times
@@ -90,6 +98,7 @@ class Solver:
         self.num_train_samples = kwargs.pop("num_train_samples", 1000)
         self.num_val_samples = kwargs.pop("num_val_samples", None)
         self.checkpoint_name = kwargs.pop("checkpoint_name", None)
+        self.checkpoint_seconds = kwargs.pop("checkpoint_seconds", 0.0)
         self.print_every = kwargs.pop("print_every", 10)
         self.verbose = kwargs.pop("verbose", True)
         self.seed = kwargs.pop("seed", None)
@@ -110,6 +119,8 @@ class Solver:
             )
         if self.divergence_factor is not None and not self.divergence_factor > 1:
             raise ValueError(f"divergence_factor must be > 1 or None, got {self.divergence_factor}")
+        if not self.checkpoint_seconds >= 0:
+            raise ValueError(f"checkpoint_seconds must be >= 0, got {self.checkpoint_seconds}")
         if self.batch_size < 1 or self.num_epochs < 0:
             raise ValueError(
                 f"batch_size must be >= 1 and num_epochs >= 0, got {self.batch_size} and "
@@ -185,6 +196,7 @@ class Solver:
     def _train(self):
         iterations_per_epoch = max(len(self.X_train) // self.batch_size, 1)
         num_iterations = self.num_epochs * iterations_per_epoch
+        self._last_checkpoint = time.monotonic()
 
         for t in range(self.iteration, num_iterations):
             self._step()
@@ -201,11 +213,13 @@ class Solver:
                 for config in self.optim_configs.values():
                     if "learning_rate" in config:
                         config["learning_rate"] *= self.lr_decay
+            checkpoint = epoch_end and self._checkpoint_due(t + 1 == num_iterations)
             if t == 0 or epoch_end:
-                self._record_accuracy()
-            if epoch_end and self.checkpoint_name is not None:
+                self._record_accuracy(checkpoint)
+            if checkpoint:
                 path = f"{self.checkpoint_name}_epoch_{self.epoch}.npz"
                 self.save_checkpoint(path)
+                self._last_checkpoint = time.monotonic()
                 if self.callback is not None:
                     info = {"epoch": self.epoch, "iteration": self.iteration, "path": path}
                     self.callback("checkpoint", info)
@@ -213,7 +227,13 @@ class Solver:
         if self.best_params:
             self.model.params = {k: v.copy() for k, v in self.best_params.items()}
 
-    def _record_accuracy(self):
+    def _checkpoint_due(self, last_epoch: bool) -> bool:
+        if self.checkpoint_name is None:
+            return False
+        waited = time.monotonic() - self._last_checkpoint
+        return last_epoch or waited >= self.checkpoint_seconds
+
+    def _record_accuracy(self, checkpoint: bool = False):
         train_acc = self.check_accuracy(
             self.X_train, self.y_train, num_samples=self.num_train_samples
         )
@@ -236,6 +256,7 @@ class Solver:
                 "train_acc": train_acc,
                 "val_acc": val_acc,
                 "lr": lr,
+                "checkpoint": checkpoint,
             }
             self.callback("epoch", info)
 

@@ -33,6 +33,7 @@ def _cli_env(tmp_path: Path, store: str) -> dict[str, str]:
         **os.environ,
         "MLFLOW_TRACKING_URI": store,
         "PREFECT_HOME": str(prefect_home(tmp_path / "prefect")),
+        "MLCORE_CHECKPOINT_SECONDS": "0",  # a checkpoint every (short) epoch, to be killed between
     }
     for key in ("PREFECT_API_URL", "PREFECT_LOGGING_LEVEL"):
         env.pop(key, None)

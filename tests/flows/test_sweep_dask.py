@@ -177,6 +177,7 @@ def worker_env(data_env, mlflow_store, tmp_path):
     Prefect API URL (each would start a temporary server if the sweep did not send its own)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "worker-prefect-home")
+    env["MLCORE_CHECKPOINT_SECONDS"] = "0"  # a checkpoint every (short) epoch, to be killed between
     return env
 
 

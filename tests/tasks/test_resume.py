@@ -45,6 +45,7 @@ METRICS = ("loss", "train_acc", "val_acc", "lr")
 def checkpoints(tmp_path, monkeypatch) -> Path:
     directory = tmp_path / "ck"
     monkeypatch.setenv("MLCORE_CHECKPOINT_DIR", str(directory))
+    monkeypatch.setenv("MLCORE_CHECKPOINT_SECONDS", "0")  # every epoch: these epochs are short
     return directory
 
 
@@ -128,6 +129,48 @@ def test_every_epoch_is_checkpointed_and_the_last_two_kept(
             m.value for m in MlflowClient().get_metric_history(run_id, "val_acc")
         ]
     assert not checkpoint_dir(run_id).exists()
+
+
+def test_by_default_short_epochs_checkpoint_only_the_last_and_every_metric_point_is_logged(
+    prefect_harness, mlflow_store, checkpoints, monkeypatch
+):
+    """The default interval (10 s) outlasts this whole training: one checkpoint, the last
+    epoch's, and one metric batch at the end, holding every point an every-epoch run logs."""
+    from flows.convnet import convnet_training
+
+    monkeypatch.delenv("MLCORE_CHECKPOINT_SECONDS")
+    spaced = convnet_training(
+        epochs=4, batch_size=50, num_train=200, hidden_dim=16, num_filters=4, seed=7
+    )["run_id"]
+    assert [c["epoch"] for c in tracking.logged_checkpoints(spaced)] == [4]
+    listed = {a.path for a in MlflowClient().list_artifacts(spaced, "checkpoints")}
+    assert listed == {"checkpoints/convnet_epoch_4.npz"}
+    monkeypatch.setenv("MLCORE_CHECKPOINT_SECONDS", "0")
+    every = convnet_training(
+        epochs=4, batch_size=50, num_train=200, hidden_dim=16, num_filters=4, seed=7
+    )["run_id"]
+    assert [c["epoch"] for c in tracking.logged_checkpoints(every)] == [3, 4]
+    assert histories(spaced) == histories(every)
+    assert [s for s, _ in histories(spaced)["epoch_seconds"]] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("raw", ["-1", "soon", "nan", "inf"])
+def test_a_bad_checkpoint_interval_is_refused_naming_the_variable(monkeypatch, raw):
+    from tasks.convnet import checkpoint_seconds
+
+    monkeypatch.setenv("MLCORE_CHECKPOINT_SECONDS", raw)
+    with pytest.raises(ValueError, match=rf"^MLCORE_CHECKPOINT_SECONDS must be a number of "
+                       rf"seconds >= 0, got '{raw}'$"):  # fmt: skip
+        checkpoint_seconds()
+
+
+def test_the_checkpoint_interval_reads_seconds_and_defaults_to_ten(monkeypatch):
+    from tasks.convnet import DEFAULT_CHECKPOINT_SECONDS, checkpoint_seconds
+
+    monkeypatch.delenv("MLCORE_CHECKPOINT_SECONDS", raising=False)
+    assert checkpoint_seconds() == DEFAULT_CHECKPOINT_SECONDS == 10.0
+    monkeypatch.setenv("MLCORE_CHECKPOINT_SECONDS", " 2.5 ")
+    assert checkpoint_seconds() == 2.5
 
 
 def test_latest_checkpoint_prefers_an_identical_local_copy_and_checks_downloads(

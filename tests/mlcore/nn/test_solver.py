@@ -1,6 +1,7 @@
 """Solver: learning on real digits, determinism, checkpoint/resume, callbacks, validation."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -159,7 +160,9 @@ def test_callback_calls(digits):
     assert [i["loss"] for i in iterations] == solver.loss_history
     # once after the first iteration, then at each epoch end
     assert len(epochs) == 4
-    assert all(set(e) == {"epoch", "iteration", "train_acc", "val_acc", "lr"} for e in epochs)
+    keys = {"epoch", "iteration", "train_acc", "val_acc", "lr", "checkpoint"}
+    assert all(set(e) == keys for e in epochs)
+    assert not any(e["checkpoint"] for e in epochs)  # no checkpoint_name
     assert [(e["epoch"], e["iteration"]) for e in epochs] == [(0, 1), (1, 6), (2, 12), (3, 18)]
     assert [e["val_acc"] for e in epochs] == solver.val_acc_history
     assert [e["train_acc"] for e in epochs] == solver.train_acc_history
@@ -270,6 +273,44 @@ def test_checkpoint_events_follow_each_written_checkpoint(digits, tmp_path):
 
     run(digits, 0, num_epochs=3, checkpoint_name=str(tmp_path / "c"), callback=callback)
     assert seen == [(1, 6, 1), (2, 12, 2), (3, 18, 3)]
+
+
+def test_checkpoint_seconds_spaces_the_checkpoints_and_the_last_epoch_always_gets_one(
+    digits, tmp_path
+):
+    """Epoch events say whether a checkpoint follows; checkpoints come once the interval has
+    passed since the last one, and at the last epoch; the training is the same bits as with a
+    checkpoint every epoch. Each epoch event sleeps 0.3 s (the epochs' own work is a few ms),
+    with a 0.5 s interval: epochs 3 and 6 are due, and 7, the last."""
+    flags, written = [], []
+
+    def callback(kind, info):
+        if kind == "epoch" and info["epoch"] >= 1:
+            flags.append((info["epoch"], info["checkpoint"]))
+            time.sleep(0.3)
+        elif kind == "checkpoint":
+            written.append(info["epoch"])
+
+    name = str(tmp_path / "spaced")
+    spaced = run(digits, 4, num_epochs=7, checkpoint_name=name, checkpoint_seconds=0.5,
+                 callback=callback)  # fmt: skip
+    assert written == [3, 6, 7]
+    assert flags == [(e, e in (3, 6, 7)) for e in range(1, 8)]
+    assert sorted(p.name for p in tmp_path.glob("spaced*")) == [
+        f"spaced_epoch_{e}.npz" for e in (3, 6, 7)
+    ]
+    (tmp_path / "every").mkdir()
+    every = run(digits, 4, num_epochs=7, checkpoint_name=str(tmp_path / "every" / "c"))
+    assert spaced.loss_history == every.loss_history
+    assert spaced.val_acc_history == every.val_acc_history
+    for name_, w in every.model.params.items():
+        np.testing.assert_array_equal(spaced.model.params[name_], w)
+
+
+def test_checkpoint_seconds_must_not_be_negative(digits):
+    X, y = digits
+    with pytest.raises(ValueError, match="checkpoint_seconds must be >= 0, got -1"):
+        Solver(small_net(), data_dict(X, y, 100, 50), checkpoint_seconds=-1)
 
 
 # numpy's legacy global generator (NPY002) is what the course seeds, so these tests use it
