@@ -173,13 +173,23 @@ def die_with_parent():
 
 
 def _spawn(
-    name: str, cmd: list[str], env: dict, log: Path, cwd: Path | None = None
+    name: str, cmd: list[str], env: dict, log: Path, cwd: Path | None = None, nice: int = 0
 ) -> subprocess.Popen:
+    """``cmd`` in a process group of its own, output to ``log``; ``nice`` added to its
+    niceness (a helper server of this process: its bookkeeping yields the CPU to the work)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    tied = die_with_parent()
+
+    def preexec() -> None:
+        if nice:
+            os.nice(nice)
+        if tied is not None:
+            tied()
+
     with open(log, "ab") as out:
         return subprocess.Popen(
             cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=cwd, preexec_fn=die_with_parent(),
+            start_new_session=True, cwd=cwd, preexec_fn=preexec if nice or tied else None,
         )  # fmt: skip
 
 
@@ -277,12 +287,17 @@ TEMPORARY_SERVER_SETTINGS = {
 }
 
 
+TEMPORARY_SERVER_NICE = 10  # added to the temporary server's niceness
+
+
 def start_temporary_prefect_server(scheduler: bool = False) -> Server:
     """``prefect server start`` on a free loopback port for this process's flows: in its own
     process group, tied to this process (``tie``, ``die_with_parent``), its output in a scratch
     folder removed by ``stop``. Its database is the one Prefect's own temporary server would
     use (``PREFECT_HOME``'s, or ``PREFECT_SERVER_DATABASE_CONNECTION_URL``), so the runs stay
-    visible to a later ``prefect server start``. With ``scheduler`` (``mlcore serve``), all of
+    visible to a later ``prefect server start``. It runs at ``TEMPORARY_SERVER_NICE`` more
+    niceness than this process: on a busy machine the training it records goes first. With
+    ``scheduler`` (``mlcore serve``), all of
     Prefect's services run, the scheduler and the late-runs marker among them: the served
     deployments' schedules create their flow runs. Not waited for: see ``wait_healthy``."""
     host, port = "127.0.0.1", free_port()
@@ -295,7 +310,8 @@ def start_temporary_prefect_server(scheduler: bool = False) -> Server:
         *([] if scheduler else ["--no-scheduler", "--no-late-runs"]),
     ]  # fmt: skip
     log = scratch / "prefect-server.log"
-    proc = _spawn("prefect", cmd, env, log)
+    # niced: it keeps the records of this process's flows, whose work must not wait for it
+    proc = _spawn("prefect", cmd, env, log, nice=TEMPORARY_SERVER_NICE)
     url = f"http://{host}:{port}/api"
     name = "local Prefect server" if scheduler else "temporary Prefect server"
     return Server(name, url, f"{url}/health", proc, log, env, tie(proc), scratch=scratch)

@@ -1,5 +1,7 @@
 """The ``mlcore`` command line: real flows, real MLflow store, one-line errors."""
 
+import contextlib
+import os
 import re
 from pathlib import Path
 
@@ -95,9 +97,39 @@ def test_no_standardize_reproduces_the_course_printout(prefect_harness, data_env
     )
 
 
-def test_mlcore_ui_serves_the_store_on_loopback(mlflow_store, tmp_path):
-    import os
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Linux's /proc children lists)."""
+    found, todo = set(), [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 0)])
+def test_mlcore_ui_serves_the_store_on_loopback_and_a_signal_stops_all_of_it(
+    mlflow_store, tmp_path, sig, code
+):
+    """The UI answers on loopback; the signal, sent to the command alone (as a service
+    manager, a closed terminal or kill(1) sends it), stops the mlflow ui process and its
+    uvicorn child too: nothing is left, the port is free."""
     import signal
+    import socket
     import subprocess
     import sys
     import time
@@ -110,6 +142,7 @@ def test_mlcore_ui_serves_the_store_on_loopback(mlflow_store, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)],
                             cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
+    below: set[int] = set()
     try:
         deadline, status = time.monotonic() + 120, None
         while time.monotonic() < deadline and status != 200:
@@ -124,8 +157,25 @@ def test_mlcore_ui_serves_the_store_on_loopback(mlflow_store, tmp_path):
             f"MLflow UI for {mlflow_store} at http://127.0.0.1:{port}"
             in (tmp_path / "ui.out").read_text()
         )
+        below = _descendants(proc.pid)
+        assert len(below) >= 3  # mlflow ui, its uvicorn server, the watchdog
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(60) == code, (tmp_path / "ui.out").read_text()[-3000:]
+        deadline = time.monotonic() + 30  # the watchdog exits last, after the group is gone
+        while time.monotonic() < deadline and any(map(_alive, below)):
+            time.sleep(0.2)
+        assert not [pid for pid in below if _alive(pid)]
+        with socket.socket() as s:  # nothing listens on the port any more
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+        text = (tmp_path / "ui.out").read_text()
+        if code:
+            assert f"error: killed by {sig}" in text
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait(30)
         out.close()
 
@@ -146,3 +196,17 @@ def test_trigger_without_a_reachable_server_is_one_line(tmp_path):
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert done.returncode == 1 and len(lines) == 1, done.stdout + done.stderr
     assert lines[0].startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_mlcore_ui_on_a_taken_port_fails_in_one_line(mlflow_store):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["ui", "--port", str(port)])
+    one_line_error(
+        result, rf"error: cannot serve the UI on 127.0.0.1:{port}: Address already in use; "
+        "pick another --port$",
+    )  # fmt: skip
