@@ -21,9 +21,13 @@ AUTOMATION_NAME = "mlcore: a deployment's flow run failed"
 FAILED_STATES = ("Failed", "Crashed", "TimedOut")
 SUBJECT = "mlcore: {{ deployment.name }} {{ flow_run.state.name }}"
 
+# the last line of a message when the MLflow store is no server (no UI to link to)
+NO_MLFLOW_URL = "no link: the MLflow store is on the machine that ran it (`mlcore ui` there)"
+
 # Prefect renders this (Jinja, sandboxed) on the server when the automation fires, with the
 # objects the triggering event names: the flow run (its state taken from the event), its flow
-# and its deployment. ``__UI__`` becomes the link to the flow run's page (``flow_run_link``).
+# and its deployment. ``__UI__`` becomes the link to the flow run's page (``flow_run_link``);
+# the MLflow link is the flow run's tag ``mlflow.url=`` (tasks.tracking.provenance).
 BODY = """\
 Deployment: {{ flow.name }}/{{ deployment.name }}
 Flow run: {{ flow_run.name }} ({{ flow_run.id }})
@@ -31,7 +35,9 @@ MLflow run: {% for tag in flow_run.tags if tag.startswith("mlflow.run_id=") %}\
 {{ tag[14:] }}{% else %}(none recorded){% endfor %}
 State: {{ flow_run.state.name }}
 Reason: {{ (flow_run.state.message or "no message") | replace("\\n", " ") }}
-Link: __UI__"""
+Link: __UI__
+MLflow: {% for tag in flow_run.tags if tag.startswith("mlflow.url=") %}{{ tag[11:] }}\
+{% else %}__NO_MLFLOW__{% endfor %}""".replace("__NO_MLFLOW__", NO_MLFLOW_URL)
 
 # A model worse than its champion (tasks.registry.signal_regression emits the event from the
 # flow run that made it; the event names that flow run among its related resources).
@@ -43,7 +49,8 @@ Model: {{ event.payload.model }}
 Regression: {{ event.payload.summary }}
 MLflow run: {{ event.payload.run_id }} (the champion's: {{ event.payload.champion_run_id }})
 Flow run: {{ flow_run.name }} ({{ flow_run.id }})
-Link: __UI__"""
+Link: __UI__
+MLflow: {{ event.payload.run_url or "__NO_MLFLOW__" }}""".replace("__NO_MLFLOW__", NO_MLFLOW_URL)
 
 # The webhook's JSON body: a Slack (or Mattermost) incoming webhook takes it as it is.
 WEBHOOK_JSON = {"text": "{{subject}}\n{{body}}"}

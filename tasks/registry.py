@@ -201,6 +201,8 @@ def signal_regression(run_id: str, name: str, regressed: dict[str, Any]) -> None
     turns into a message. An event the API cannot take is said on one line, not raised."""
     from prefect.events import emit_event
 
+    from tasks.tracking.provenance import mlflow_run_url
+
     tracking.set_tags(run_id, {REGRESSED_TAG: regressed["summary"]})
     print(f"regression: {regressed['summary']} (MLflow run {run_id})")
     try:
@@ -210,7 +212,8 @@ def signal_regression(run_id: str, name: str, regressed: dict[str, Any]) -> None
                       "prefect.resource.name": name},  # fmt: skip
             related=[{"prefect.resource.id": f"mlflow.run.{run_id}",
                       "prefect.resource.role": "mlflow-run", "prefect.resource.name": run_id}],
-            payload={**regressed, "run_id": run_id},
+            payload={**regressed, "run_id": run_id, "run_url": mlflow_run_url(
+                run_id, tracking.client().get_run(run_id).info.experiment_id)},
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the tag above holds the signal already
         print(f"regression event not sent: {error_line(exc)}")

@@ -56,22 +56,37 @@ def prefect_run_tags() -> dict[str, str]:
 
 
 MLFLOW_RUN_TAG = "mlflow.run_id="  # a Prefect flow run's tag naming its MLflow run
+MLFLOW_URL_TAG = "mlflow.url="  # ... and its page in the MLflow UI, when the store is a server
 
 
-def tag_prefect_flow_run(flow_run_id: str, mlflow_run_id: str) -> None:
-    """Name the MLflow run on the Prefect flow run that made it (tag ``mlflow.run_id=<id>``),
-    so that what reads the flow run (the Prefect UI, an alert: ``flows.alerts``) can name it.
+def mlflow_run_url(run_id: str, experiment_id: str) -> str | None:
+    """The MLflow UI's page of a run, ``{server}/#/experiments/{id}/runs/{run_id}`` (the
+    address MLflow itself prints when a run on a server ends), when the tracking store is a
+    server (``http(s)://``); None for a store on this machine's disk, whose UI is started on
+    demand (``mlcore ui``)."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def tag_prefect_flow_run(flow_run_id: str, mlflow_run_id: str, url: str | None = None) -> None:
+    """Name the MLflow run on the Prefect flow run that made it (tag ``mlflow.run_id=<id>``,
+    and ``mlflow.url=<its page in the MLflow UI>`` when ``url`` is given), so that what reads
+    the flow run (the Prefect UI, an alert: ``flows.alerts``) can name it and link to it.
     Best effort: a Prefect API that cannot be told is no reason to fail the run."""
     if not flow_run_id:
         return
+    wanted = [f"{MLFLOW_RUN_TAG}{mlflow_run_id}", *([f"{MLFLOW_URL_TAG}{url}"] if url else [])]
     try:
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
             tags = client.read_flow_run(flow_run_id).tags
-            if f"{MLFLOW_RUN_TAG}{mlflow_run_id}" not in tags:
-                client.update_flow_run(
-                    flow_run_id, tags=[*tags, f"{MLFLOW_RUN_TAG}{mlflow_run_id}"]
-                )
+            missing = [t for t in wanted if t not in tags]
+            if missing:
+                client.update_flow_run(flow_run_id, tags=[*tags, *missing])
     except Exception:  # noqa: BLE001 - the run's own record (MLflow) is what matters
         return

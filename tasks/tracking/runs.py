@@ -24,6 +24,7 @@ from tasks.tracking.logging import log_params, log_text, set_tags
 from tasks.tracking.ownership import ERROR_TAG, mark_process, process_tags
 from tasks.tracking.provenance import (
     git_commit,
+    mlflow_run_url,
     prefect_flow_run_id,
     prefect_run_tags,
     tag_prefect_flow_run,
@@ -59,7 +60,8 @@ def parent_run(
     name = all_tags.get("mlflow.runName", flow)
     run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=name)
     run_id = run.info.run_id
-    tag_prefect_flow_run(all_tags["prefect.flow_run_id"], run_id)
+    url = mlflow_run_url(run_id, run.info.experiment_id)
+    tag_prefect_flow_run(all_tags["prefect.flow_run_id"], run_id, url)
     try:
         mark_process(run_id)
         log_params(run_id, {**flow_params, **(resolved or {})})

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,7 +20,7 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.alerts import AUTOMATION_NAME, BLOCK_NAME, install_alerts
-from flows.stack import Server, free_port, start_prefect_server
+from flows.stack import Server, free_port, start_mlflow_server, start_prefect_server
 from tests.conftest import prefect_home
 
 pytestmark = pytest.mark.slow
@@ -121,15 +122,21 @@ def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
         home=prefect_home(tmp_path / "prefect-home"),
         log=tmp_path / "prefect-server.log",
     )
+    # the team stack's MLflow server: the messages link to the runs' pages in its UI
+    mlflow_server = start_mlflow_server(
+        port=free_port(), backend_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifacts=tmp_path / "mlartifacts", log=tmp_path / "mlflow-server.log",
+    )  # fmt: skip
     served = None
     try:
         prefect.wait_healthy()
+        mlflow_server.wait_healthy()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
         env |= {
             "PREFECT_API_URL": prefect.url,
             "PREFECT_HOME": str(tmp_path / "client-home"),
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "MLFLOW_TRACKING_URI": mlflow_server.url,
         }
         serve_log = tmp_path / "serve.log"
         with open(serve_log, "wb") as out:
@@ -180,9 +187,19 @@ def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
         regressed = regressed_flow_run(env, tmp_path)
         wait_for(lambda: len(received) > 1, 60, "regression message", prefect)
         time.sleep(3)
+        # the MLflow run the failed flow run made, named on it (tag mlflow.run_id=<id>)
+        store = MlflowClient(mlflow_server.url)
+        (mlflow_run,) = store.search_runs(
+            [store.get_experiment_by_name("gradcheck").experiment_id],
+            f"tags.`prefect.flow_run_id` = '{run.id}'",
+        )
+        regressed_experiment = store.get_run(regressed["run_id"]).info.experiment_id
+        with urllib.request.urlopen(mlflow_server.url, timeout=30) as page:  # the UI itself
+            ui_page = page.status, page.headers.get_content_type()
     finally:
-        with ThreadPoolExecutor() as pool:  # both at once: each takes seconds to stop
-            list(pool.map(Server.stop, [s for s in (served, prefect) if s is not None]))
+        with ThreadPoolExecutor() as pool:  # all at once: each takes seconds to stop
+            servers = [s for s in (served, prefect, mlflow_server) if s is not None]
+            list(pool.map(Server.stop, servers))
 
     assert len(received) == 2, received
     text = received[1]["text"]
@@ -190,17 +207,20 @@ def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
     assert f"Regression: {regressed['summary']}\n" in text
     assert f"MLflow run: {regressed['run_id']} (the champion's: c0ffee)\n" in text
     assert f"Flow run: {regressed['flow_run']['name']} ({regressed['flow_run']['id']})" in text
+    # the run's page in the MLflow UI (the route MLflow prints for a run on a server)
+    page = f"{mlflow_server.url}/#/experiments/{regressed_experiment}/runs/{regressed['run_id']}"
+    assert text.endswith(f"\nMLflow: {page}"), text
+    assert ui_page == (200, "text/html")
     text = received[0]["text"]
     assert "gradient_check/daily" in text
     assert f"{run.name} ({run.id})" in text
     assert "State: Failed" in text
-    # the MLflow run the failed flow run made, named on it (tag mlflow.run_id=<id>)
-    store = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (mlflow_run,) = store.search_runs(
-        [store.get_experiment_by_name("gradcheck").experiment_id],
-        f"tags.`prefect.flow_run_id` = '{run.id}'",
-    )
     assert mlflow_run.info.status == "FAILED"
+    failed_page = (
+        f"{mlflow_server.url}/#/experiments/{mlflow_run.info.experiment_id}/runs/"
+        f"{mlflow_run.info.run_id}"
+    )
+    assert text.endswith(f"\nMLflow: {failed_page}"), text
     assert f"MLflow run: {mlflow_run.info.run_id}\n" in text
     reason = run.state.message.replace("\n", " ")
     assert reason and f"Reason: {reason}" in text

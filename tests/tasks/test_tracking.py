@@ -148,3 +148,13 @@ def test_experiments_are_model_training_for_the_mlflow_ui(mlflow_store):
     mine = client.create_experiment("gradcheck", tags={kind: "genai_development"})
     assert tracking.experiment_id("gradcheck") == mine
     assert client.get_experiment(mine).tags[kind] == "genai_development"
+
+
+def test_a_runs_mlflow_ui_link_is_given_for_a_server_store_only(mlflow_store):
+    import mlflow
+
+    from tasks.tracking.provenance import mlflow_run_url
+
+    assert mlflow_run_url("abc", "7") is None  # a store on disk: no UI to link to
+    mlflow.set_tracking_uri("http://127.0.0.1:5000/")  # (the fixture sets it back)
+    assert mlflow_run_url("abc", "7") == "http://127.0.0.1:5000/#/experiments/7/runs/abc"
