@@ -104,8 +104,9 @@ class _TrainingDisplay:
     from the end of the epoch before, to each epoch's end (its accuracies included; the
     checkpoint written after an epoch counts in the next one).
 
-    Metrics go to MLflow in one batch at an epoch's end when ``FLUSH_SECONDS`` have passed
-    since the last batch, and always right before a checkpoint is written (so a checkpoint
+    Metrics go to MLflow in one batch with the first accuracies (after the first iteration,
+    so a new run shows in the UI at once), at an epoch's end when ``FLUSH_SECONDS`` have
+    passed since the last batch, and always right before a checkpoint is written (so a checkpoint
     never gets ahead of the metrics MLflow has), and when training ends: short epochs do not
     pay a database write each.
 
@@ -123,7 +124,7 @@ class _TrainingDisplay:
             run_id, ["loss", "train_acc", "val_acc", "lr", "epoch_seconds"]
         )
         self.epoch_started = None
-        self.flushed = time.monotonic()
+        self.flushed: float | None = None  # the first accuracies are sent at once
         self.all_checkpoints_logged = True
         console = Console(file=sys.stderr)
         self.progress = Progress(
@@ -158,7 +159,8 @@ class _TrainingDisplay:
                 self.epoch_started = now
             for name in ("train_acc", "val_acc", "lr"):
                 self._add(name, info[name], info["epoch"])
-            if info["checkpoint"] or time.monotonic() - self.flushed >= self.FLUSH_SECONDS:
+            due = self.flushed is None or time.monotonic() - self.flushed >= self.FLUSH_SECONDS
+            if info["checkpoint"] or due:
                 self.metrics.flush()
                 self.flushed = time.monotonic()
             self.progress.update(

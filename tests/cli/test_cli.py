@@ -139,9 +139,18 @@ def test_mlcore_ui_serves_the_store_on_loopback_and_a_signal_stops_all_of_it(
 
     port = free_port()
     out = open(tmp_path / "ui.out", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--port", str(port)],
-                            cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+
+    def as_in_a_terminal() -> None:
+        # SIGINT and SIGHUP as in a terminal's foreground: a test process (a job in the
+        # background of a non-interactive shell, under nohup) may have them ignored, and a
+        # child inherits that (the command then keeps ignoring them, on purpose)
+        for ignored in (signal.SIGINT, signal.SIGHUP):
+            signal.signal(ignored, signal.SIG_DFL)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "ui", "--port", str(port)], cwd=str(REPO),
+        stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=as_in_a_terminal,
+    )  # fmt: skip
     below: set[int] = set()
     try:
         deadline, status = time.monotonic() + 120, None
