@@ -84,20 +84,24 @@ def convnet_training(
         if resume is None
         else tracking.reopened_run(resume)
     )
+    fresh = resume is None  # a new run: nothing logged yet to read back or check against
     with run as run_id:
         path = fetch_dataset(dataset) if dataset in DATASETS else None  # digits ship with sklearn
-        data = load_images(dataset, num_train, run_id, path)
+        data = load_images(dataset, num_train, run_id, path, verify=not fresh)
         num_classes = len(class_names(dataset))
-        if gate and not training_started(run_id):  # a checkpoint: the gate passed before
+        # a resumed run that checkpointed passed its gate before
+        if gate and (fresh or not training_started(run_id)):
             gradient_gate(
                 data["X_train"].shape[1:], config["filter_size"], num_classes, seed, run_id
             )
-        trained = train_convnet(data, num_classes, config, solver_config, seed, run_id)
-        result = evaluate_convnet(trained, data, run_id, log_model)
+        trained = train_convnet(data, num_classes, config, solver_config, seed, run_id, fresh=fresh)
+        baseline = majority_baseline(data["y_train"], data["y_val"])
+        result = evaluate_convnet(
+            trained, data, run_id, log_model, extra_metrics={CONVNET.baseline_metric: baseline}
+        )
         result["resumed_from_epoch"] = trained["resumed_from_epoch"]
         result["train_s"] = trained["train_s"]
-        result["baseline"] = majority_baseline(data["y_train"], data["y_val"])
-        tracking.log_metrics(run_id, {CONVNET.baseline_metric: result["baseline"]})
+        result["baseline"] = baseline
         result["registered"] = None
         if registry:
             result["registered"] = register_best(

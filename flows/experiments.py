@@ -113,6 +113,11 @@ class Experiment:
     # model kind from the parameters given)
     trial_defaults: Callable[[Mapping], dict] | None = None
     resumable: bool = False  # the flow can continue an unfinished run (``resume=RUN_ID``)
+    # the flow submits tasks to a task runner of its own (housing fits its model kinds at
+    # once): a sweep's trial runs it as a subflow, which has one. Any other flow runs inside
+    # the trial's task, without a flow run of its own to create, start and end (about 1 s
+    # of a trial's time)
+    trial_subflow: bool = False
     # lean trials: the flow takes ``log_model`` and ``gate``, so a sweep's trial skips its model,
     # plots and gradient gate. The sweep runs ``gate`` ("module:function(values, seed, run_id)")
     # once per distinct value of the ``gate_on`` parameters, and adds the best trial's model by
@@ -295,6 +300,7 @@ HOUSING = Experiment(
     # validation MAE in $1000s: the course's fits differ by about 0.1 from seed to seed
     regression_margin=0.25,
     trial_defaults=_housing_trial,
+    trial_subflow=True,
 )
 
 _LR = {"digits": 1e-2, "cifar10": 1e-3}

@@ -14,6 +14,7 @@ trial's MLflow child run themselves (the tracking URI is passed along, made abso
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -120,15 +121,22 @@ def connect(dask_runner) -> int:
         os.environ.clear()
         os.environ.update(saved)
     # part of starting a worker, not of the trial phase: import the trials' code (Prefect,
-    # MLflow, matplotlib, mlcore: tens of seconds on a busy machine) before the clock starts
-    client.run(_warm_up)
+    # MLflow, matplotlib, mlcore: tens of seconds on a busy machine) and open the tracking
+    # store (MLflow imports its SQL store, seconds, on a client's first call) before the clock
+    # starts
+    client.run(_warm_up, tracking.tracking_uri())
     return max(sum(client.nthreads().values()), 1)
 
 
-def _warm_up() -> None:
+def _warm_up(tracking_uri: str) -> None:
     import flows.convnet  # noqa: F401
     import flows.housing  # noqa: F401
     import tasks.sweep  # noqa: F401
+
+    tracking.use_tracking_uri(tracking_uri)
+    # (a store this worker cannot open: each trial's run reports why)
+    with contextlib.suppress(Exception):
+        tracking.client().search_experiments(max_results=1)
 
 
 def _dask_width() -> int:
@@ -302,7 +310,7 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
                 run_trial.submit(exp.flow, {**args, **lean}, exp.reported, exp.baseline_metric,
                                  config["seed"], rec["number"], run_id, uri,
                                  trial_name(rec["number"], rec["params"]),
-                                 continued.get(rec["number"]))
+                                 continued.get(rec["number"]), exp.trial_subflow)
                 for rec, args in zip(batch, arguments, strict=True)
             ]  # fmt: skip
             returned = _return_times(futures)

@@ -32,28 +32,51 @@ GATE_ATTEMPTS = 3
 
 @task
 def load_images(
-    dataset: str, num_train: int | None, run_id: str, path: str | None = None
+    dataset: str, num_train: int | None, run_id: str, path: str | None = None, verify: bool = True
 ) -> dict[str, np.ndarray]:
     """The dataset's train/val/test split (from the downloaded file at ``path`` for a dataset
     that has one), mean image of the whole training split subtracted; then, if given, only
     the first ``num_train`` training rows are kept (the course's overfitting cell does the
-    same with the first 100 images of its preprocessed CIFAR-10)."""
-    data = load_image_dataset(dataset, **({"path": path} if path else {}))
+    same with the first 100 images of its preprocessed CIFAR-10).
+
+    ``verify``: check the data against the sha256 the run recorded, if it has one (a resumed
+    run must see its own data); a run just created has none, and its flow passes False."""
+    data = _image_dataset(dataset, path)
     if num_train is not None:
         if not 1 <= num_train <= len(data["X_train"]):
             raise ValueError(f"num_train must be in [1, {len(data['X_train'])}], got {num_train}")
         data["X_train"], data["y_train"] = data["X_train"][:num_train], data["y_train"][:num_train]
     digest = data_sha256(data)
-    recorded = tracking.client().get_run(run_id).data.tags.get(DATA_TAG)
+    recorded = tracking.client().get_run(run_id).data.tags.get(DATA_TAG) if verify else None
     if recorded is not None and recorded != digest:  # a resumed run must see its own data
         raise ValueError(
             f"run {run_id} was trained on other data (sha256 {recorded[:12]}..., now "
             f"{digest[:12]}...); it cannot be resumed"
         )
     sizes = {f"n_{s}": len(data[f"X_{s}"]) for s in ("train", "val", "test")}
-    tracking.log_params(run_id, {**sizes, "input_dim": data["X_train"].shape[1:]})
-    tracking.set_tags(run_id, {DATA_TAG: digest})
+    tracking.log_params(
+        run_id, {**sizes, "input_dim": data["X_train"].shape[1:]}, tags={DATA_TAG: digest}
+    )
     return data
+
+
+CACHED_DATASET_BYTES = 64 << 20  # datasets up to this size are kept in memory once loaded
+_LOADED: dict[tuple, dict[str, np.ndarray]] = {}
+
+
+def _image_dataset(dataset: str, path: str | None) -> dict[str, np.ndarray]:
+    """``load_image_dataset`` (a copy of each array): the last small dataset loaded (digits)
+    is kept in memory, so a sweep's trials in one process parse its file once. Its key holds
+    the file's size and modification time: a file replaced is loaded again."""
+    stat = os.stat(path) if path else None
+    key = (dataset, path, stat and (stat.st_size, stat.st_mtime_ns))
+    if key not in _LOADED:
+        data = load_image_dataset(dataset, **({"path": path} if path else {}))
+        if sum(a.nbytes for a in data.values()) > CACHED_DATASET_BYTES:
+            return data
+        _LOADED.clear()
+        _LOADED[key] = data
+    return {k: a.copy() for k, a in _LOADED[key].items()}
 
 
 DATA_TAG = "data.sha256"
@@ -116,16 +139,19 @@ class _TrainingDisplay:
 
     FLUSH_SECONDS = 2.0
 
-    def __init__(self, run_id: str, total_iterations: int, done: int = 0, extra=None):
+    def __init__(
+        self, run_id: str, total_iterations: int, done: int = 0, extra=None, fresh: bool = False
+    ):
         self.run_id = run_id
         self.extra = extra
         self.metrics = tracking.MetricBuffer(run_id)
-        self.logged = tracking.last_metric_steps(
-            run_id, ["loss", "train_acc", "val_acc", "lr", "epoch_seconds"]
-        )
+        # what MLflow has already (a run that logged nothing yet: ``fresh``, nothing to read)
+        names = ["loss", "train_acc", "val_acc", "lr", "epoch_seconds"]
+        self.logged = {} if fresh else tracking.last_metric_steps(run_id, names)
         self.epoch_started = None
         self.flushed: float | None = None  # the first accuracies are sent at once
         self.all_checkpoints_logged = True
+        self.checkpoints_logged = 0  # by this training, to MLflow (not kept offline)
         console = Console(file=sys.stderr)
         self.progress = Progress(
             TextColumn("training"), BarColumn(), MofNCompleteColumn(),
@@ -174,7 +200,7 @@ class _TrainingDisplay:
     def _checkpoint(self, path: Path, epoch: int) -> None:
         """Log the new checkpoint; keep it and the one before on local disk too."""
         try:
-            tracking.log_checkpoint(self.run_id, path, epoch)
+            self.checkpoints_logged += tracking.log_checkpoint(self.run_id, path, epoch)
         except Exception as exc:  # noqa: BLE001 - the local file is the copy that matters now
             self.all_checkpoints_logged = False
             self.progress.console.print(
@@ -263,13 +289,19 @@ def train_convnet(
     seed: int,
     run_id: str,
     callback: Callable[[str, dict], None] | None = None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
     """Train a ThreeLayerConvNet with Solver (per-iteration loss, per-epoch accuracies and
     ``epoch_seconds`` to MLflow), checkpointing every checkpoint_seconds() and at the last
     epoch into checkpoint_dir(run_id) and the run's artifacts. Starts from the run's latest
     checkpoint if it has one (a resumed run, a retried task), so it ends exactly where an
-    uninterrupted run would. ``callback`` also gets
-    every Solver event. Returns the model (best validation parameters) and its histories."""
+    uninterrupted run would. ``callback`` also gets every Solver event. Returns the model
+    (best validation parameters) and its histories.
+
+    ``fresh``: the run was created by the calling flow and holds no checkpoint or metric yet,
+    so the task's first attempt reads nothing back from MLflow (a retry still does)."""
+    from prefect.runtime import task_run
+
     every = checkpoint_seconds()
     model = ThreeLayerConvNet(
         input_dim=data["X_train"].shape[1:], num_classes=num_classes, seed=seed,
@@ -278,13 +310,14 @@ def train_convnet(
     per_epoch = max(len(data["X_train"]) // solver_config["batch_size"], 1)
     directory = checkpoint_dir(run_id)
     directory.mkdir(parents=True, exist_ok=True)
-    start = latest_checkpoint(run_id)
+    fresh = fresh and task_run.run_count <= 1  # (0: called outside a task run, as .fn)
+    start = None if fresh else latest_checkpoint(run_id)
     if start is not None and start[1] < solver_config["num_epochs"]:
         print(f"resuming training from the checkpoint of epoch {start[1]} ({start[0]})")
         tracking.set_tags(run_id, {"mlcore.resumed_from_epoch": start[1]})
     display = _TrainingDisplay(
         run_id, per_epoch * solver_config["num_epochs"], per_epoch * (start[1] if start else 0),
-        callback,
+        callback, fresh,
     )  # fmt: skip
     solver = Solver(
         model, data, **solver_config, seed=seed, callback=display, verbose=False,
@@ -301,7 +334,9 @@ def train_convnet(
             display.metrics.flush()
         with contextlib.suppress(OSError):
             directory.rmdir()  # only if empty: a run that failed before its first checkpoint
-    if display.all_checkpoints_logged and tracking.logged_checkpoints(run_id):
+    if display.all_checkpoints_logged and (
+        display.checkpoints_logged or tracking.logged_checkpoints(run_id)
+    ):
         shutil.rmtree(directory, ignore_errors=True)  # MLflow has the checkpoints
     return {
         "model": model,
@@ -324,20 +359,25 @@ MODEL_TAG = "mlcore.model"  # "logged", or "skipped" (a sweep's trial: metrics o
 
 @task
 def evaluate_convnet(
-    trained: dict[str, Any], data: dict[str, np.ndarray], run_id: str, log_model: bool = True
+    trained: dict[str, Any],
+    data: dict[str, np.ndarray],
+    run_id: str,
+    log_model: bool = True,
+    extra_metrics: dict[str, float] | None = None,
 ) -> dict:
     """Test accuracy, the loss/accuracy curves and first-layer filters as PNGs, and the model
-    as a pyfunc model (with ``log_model=False``: the accuracies only, ``model_uri`` None)."""
+    as a pyfunc model (with ``log_model=False``: the accuracies only, ``model_uri`` None).
+    ``extra_metrics`` (the flow's baseline) are logged with the accuracies, in one request."""
     model = trained["model"]
     result = {
         "test_acc": metrics.accuracy(data["y_test"], model.predict(data["X_test"])),
         "best_val_acc": trained["best_val_acc"],
         "final_train_acc": trained["train_acc_history"][-1],
     }
-    tracking.log_metrics(run_id, result)
+    skipped = {} if log_model else {MODEL_TAG: "skipped"}
+    tracking.log_metrics(run_id, {**result, **(extra_metrics or {})}, tags=skipped)
     result["run_id"] = run_id
     if not log_model:
-        tracking.set_tags(run_id, {MODEL_TAG: "skipped"})
         result["model_uri"] = None
         return result
     curves = plot_training_curves(

@@ -58,19 +58,25 @@ def run_trial(
     tracking_uri: str,
     name: str | None = None,
     resume: str | None = None,
+    subflow: bool = False,
 ) -> dict[str, Any]:
     """Run trial ``number``: the flow ``module:function`` with ``arguments``, the trial's seed,
     nested under the sweep's run and without registering, wherever the task runner puts it (a
     thread, a Dask worker process); with ``resume``, the trial's unfinished run of that id
-    continued from its last checkpoint. Returns its run id, model URI, ``reported`` metrics (read
-    back from its MLflow run), the trivial baseline's ``baseline_metric`` the flow logged, the
-    trial's seed and ``host:pid``."""
+    continued from its last checkpoint; ``subflow``: as a subflow (a flow that submits tasks
+    to a task runner of its own), else its function inside this task. Returns its run id,
+    model URI, ``reported`` metrics (as the flow logged them), the trivial baseline's
+    ``baseline_metric``, the trial's seed and ``host:pid``."""
     from prefect.settings import PREFECT_API_URL
 
     tracking.use_tracking_uri(tracking_uri)
     seed = trial_seed(sweep_seed, number)
     module, _, function = flow.partition(":")
     flow_fn = getattr(importlib.import_module(module), function)
+    # the flow's own function inside this task, unless it needs a subflow (see
+    # Experiment.trial_subflow): a subflow's run costs a trial about 1 s (its creation,
+    # states and heartbeat thread in the Prefect API)
+    flow_fn = flow_fn if subflow else flow_fn.fn
     # the Prefect API this task reports to: the parent's, never a server of the worker's own
     tags = {"mlcore.trial": str(number), "mlcore.worker": worker_id(),
             "mlcore.prefect_api_url": PREFECT_API_URL.value() or "",
@@ -83,7 +89,10 @@ def run_trial(
         tracking.set_tags(resume, {k: v for k, v in tags.items() if k != "mlflow.runName"})
         result = flow_fn(**arguments, seed=seed, resume=resume, registry=False)
     run_id = result["run_id"]
-    logged = tracking.client().get_run(run_id).data.metrics
+    if all(k in result for k in (*reported, "baseline")):  # what the flow logged, as it did
+        logged = {**{k: result[k] for k in reported}, baseline_metric: result["baseline"]}
+    else:  # (housing's flow returns them nested): read back from the run
+        logged = tracking.client().get_run(run_id).data.metrics
     if result["model_uri"] is not None:  # None: a lean trial's (see Experiment.lean_trials)
         tracking.set_tags(run_id, {"mlcore.model_uri": result["model_uri"]})
     return {

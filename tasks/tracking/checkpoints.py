@@ -35,22 +35,27 @@ def logged_checkpoints(run_id: str) -> list[dict]:
     return json.loads(client().get_run(run_id).data.tags.get(CHECKPOINT_TAG, "[]"))
 
 
-def log_checkpoint(run_id: str, path: str | Path, epoch: int, keep: int = 2) -> None:
+def log_checkpoint(run_id: str, path: str | Path, epoch: int, keep: int = 2) -> bool:
     """Log the checkpoint file at ``path`` as ``checkpoints/<file name>``; then record it (with
     its sha256) in the tag ``mlcore.checkpoints``, which lists the last ``keep`` ones, and
     delete the older checkpoint artifacts. The tag is written only once the upload is complete,
     so it never names a half-written artifact.
 
     With the tracking store gone, the file is kept in ``./mlcore-unsent/<run id>/artifacts/
-    checkpoints/`` (the last ``keep`` of them, listed in that folder's ``tags.json``)."""
+    checkpoints/`` (the last ``keep`` of them, listed in that folder's ``tags.json``).
+    Returns whether the checkpoint went to MLflow (False: kept locally)."""
     path = Path(path)
     digest = pooch.file_hash(str(path))
     entry = {"epoch": int(epoch), "artifact": f"{CHECKPOINT_DIR}/{path.name}", "sha256": digest}
 
     def send():
         client().log_artifact(run_id, str(path), CHECKPOINT_DIR)
-        run = client().get_run(run_id)
-        before = json.loads(run.data.tags.get(CHECKPOINT_TAG, "[]"))
+        if run_id in _swept:  # this process wrote the tag last: no need to read it back
+            before, artifact_uri = _swept[run_id]
+        else:
+            run = client().get_run(run_id)
+            before = json.loads(run.data.tags.get(CHECKPOINT_TAG, "[]"))
+            artifact_uri = run.info.artifact_uri
         kept = _last(before, entry, keep)
         client().set_tag(run_id, CHECKPOINT_TAG, json.dumps(kept))
         names = {c["artifact"] for c in kept}
@@ -62,9 +67,10 @@ def log_checkpoint(run_id: str, path: str | Path, epoch: int, keep: int = 2) -> 
                 for a in client().list_artifacts(run_id, CHECKPOINT_DIR)
                 if not a.is_dir and a.path not in names
             ]
-            _swept.add(run_id)
+        _swept[run_id] = (kept, artifact_uri)
         for artifact in stale:
-            _delete_artifact(run.info.artifact_uri, artifact)
+            _delete_artifact(artifact_uri, artifact)
+        return True
 
     def keep_locally(folder: Path) -> None:
         shutil.copy(path, spool.artifact_path(folder, entry["artifact"]))
@@ -75,12 +81,26 @@ def log_checkpoint(run_id: str, path: str | Path, epoch: int, keep: int = 2) -> 
         for old in (folder / "artifacts" / CHECKPOINT_DIR).iterdir():
             if old.name not in names:
                 old.unlink()
+        return False
 
-    spool.send(run_id, send, keep_locally)
+    return spool.send(run_id, send, keep_locally)
 
 
-# runs whose checkpoint artifacts this process has listed once (see log_checkpoint)
-_swept: set[str] = set()
+# run id -> (its checkpoint tag as this process last wrote it, its artifact URI): the runs
+# whose checkpoint artifacts this process has listed once, or created (see log_checkpoint)
+_swept: dict[str, tuple[list[dict], str]] = {}
+
+
+def new_run(run_id: str, artifact_uri: str) -> None:
+    """``run_id`` was just created by this process: it has no checkpoint yet, so its first
+    one needs neither the tag read back nor a listing of what a killed process left."""
+    _swept[run_id] = ([], artifact_uri)
+
+
+def forget(run_id: str) -> None:
+    """``run_id`` may have been changed by another process (a run reopened to resume it): its
+    next checkpoint reads the tag back and lists the artifacts again."""
+    _swept.pop(run_id, None)
 
 
 def _last(logged: list[dict], entry: dict, keep: int) -> list[dict]:

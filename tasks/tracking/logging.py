@@ -25,15 +25,23 @@ def _stringify(params: Mapping) -> dict[str, str]:
     }
 
 
-def log_params(run_id: str, params: Mapping) -> None:
-    values = _stringify(params)
+def log_params(run_id: str, params: Mapping, tags: Mapping | None = None) -> None:
+    """Log ``params`` (and ``tags``, in the same request when they fit in one)."""
+    values, tag_values = _stringify(params), {k: str(v) for k, v in (tags or {}).items()}
 
     def send():
         items = [Param(k, v) for k, v in values.items()]
-        for start in range(0, len(items), 100):  # MLflow's most params per batch
-            client().log_batch(run_id, params=items[start : start + 100])
+        tag_items = [RunTag(k, v) for k, v in tag_values.items()]
+        while items or tag_items:  # MLflow's most params, and tags, per batch: 100
+            client().log_batch(run_id, params=items[:100], tags=tag_items[:100])
+            del items[:100], tag_items[:100]
 
-    spool.send(run_id, send, lambda folder: spool.keep_json(folder, "params.json", values))
+    def keep(folder):
+        spool.keep_json(folder, "params.json", values)
+        if tag_values:
+            spool.keep_json(folder, "tags.json", tag_values)
+
+    spool.send(run_id, send, keep)
 
 
 def set_tags(run_id: str, tags: Mapping) -> None:
@@ -47,15 +55,23 @@ def set_tags(run_id: str, tags: Mapping) -> None:
     spool.send(run_id, send, lambda folder: spool.keep_json(folder, "tags.json", values))
 
 
-def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-    log_metric_history(run_id, {k: [v] for k, v in metrics.items()}, first_step=step)
+def log_metrics(
+    run_id: str, metrics: Mapping[str, float], step: int = 0, tags: Mapping | None = None
+) -> None:
+    """Log ``metrics`` at ``step`` (and ``tags``, in the same request)."""
+    log_metric_history(run_id, {k: [v] for k, v in metrics.items()}, first_step=step, tags=tags)
 
 
 def log_metric_history(
-    run_id: str, history: Mapping[str, list[float]], first_step: int = 0
+    run_id: str,
+    history: Mapping[str, list[float]],
+    first_step: int = 0,
+    tags: Mapping | None = None,
 ) -> None:
-    """Log whole series at once (``name -> values``, steps counted from ``first_step``)."""
+    """Log whole series at once (``name -> values``, steps counted from ``first_step``), and
+    ``tags`` with them."""
     buffer = MetricBuffer(run_id)
+    buffer.tag(tags or {})
     for name, values in history.items():
         for i, value in enumerate(values):
             buffer.add(name, value, first_step + i)
@@ -78,14 +94,19 @@ class MetricBuffer:
     def __init__(self, run_id: str):
         self.run_id = run_id
         self._points: list[Metric] = []
+        self._tags: list[RunTag] = []  # sent with the next batch of points
         self._failures = 0
         self._next_try = 0.0
 
     def add(self, name: str, value: float, step: int) -> None:
         self._points.append(Metric(name, float(value), int(time.time() * 1000), int(step)))
 
+    def tag(self, tags: Mapping) -> None:
+        """Send ``tags`` with the next batch (one request for both)."""
+        self._tags.extend(RunTag(k, str(v)) for k, v in tags.items())
+
     def flush(self, final: bool = False, retry: bool = True) -> None:
-        if not self._points:
+        if not self._points and not self._tags:
             return
         if spool.offline(self.run_id):  # the flow already works offline
             self._keep()
@@ -114,21 +135,25 @@ class MetricBuffer:
         self._keep()
 
     def _send(self) -> None:
-        while self._points:  # a batch sent is a batch dropped from the buffer
-            client().log_batch(self.run_id, metrics=self._points[:1000])
-            del self._points[:1000]
+        while self._points or self._tags:  # a batch sent is a batch dropped from the buffer
+            client().log_batch(self.run_id, metrics=self._points[:900], tags=self._tags[:100])
+            del self._points[:900], self._tags[:100]
 
     def _keep(self) -> None:
         folder = spool.folder(self.run_id)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "metrics.csv"
-        new = not path.exists()
-        with open(path, "a") as out:
-            if new:
-                out.write("key,value,step,timestamp\n")
-            for m in self._points:
-                out.write(f"{m.key},{m.value!r},{m.step},{m.timestamp}\n")
+        if self._points:
+            new = not path.exists()
+            with open(path, "a") as out:
+                if new:
+                    out.write("key,value,step,timestamp\n")
+                for m in self._points:
+                    out.write(f"{m.key},{m.value!r},{m.step},{m.timestamp}\n")
         self._points = []
+        if self._tags:
+            spool.keep_json(folder, "tags.json", {t.key: t.value for t in self._tags})
+            self._tags = []
 
 
 def log_figure(run_id: str, figure, artifact_file: str) -> None:

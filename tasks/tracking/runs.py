@@ -19,7 +19,7 @@ from mlflow.entities import RunStatus
 from tasks import environment
 from tasks.errors import error_line
 from tasks.killed import OWNED, kill_reason
-from tasks.tracking import spool
+from tasks.tracking import checkpoints, spool
 from tasks.tracking.logging import log_params, log_text, set_tags
 from tasks.tracking.ownership import ERROR_TAG, mark_process, process_tags
 from tasks.tracking.provenance import (
@@ -29,7 +29,7 @@ from tasks.tracking.provenance import (
     prefect_run_tags,
     tag_prefect_flow_run,
 )
-from tasks.tracking.store import client, experiment_id, tracking_store_error
+from tasks.tracking.store import client, create_run, tracking_store_error
 
 
 @contextlib.contextmanager
@@ -58,12 +58,17 @@ def parent_run(
     }
     # a run name given in the tags (a sweep's "trial 3: lr=0.003") wins over the flow's name
     name = all_tags.get("mlflow.runName", flow)
-    run = client().create_run(experiment_id(experiment), tags=all_tags, run_name=name)
+    # created with its owner's tags (see ownership.reap_if_dead): one write, not two
+    run = create_run(experiment, {**all_tags, **process_tags()}, name)
     run_id = run.info.run_id
-    url = mlflow_run_url(run_id, run.info.experiment_id)
-    tag_prefect_flow_run(all_tags["prefect.flow_run_id"], run_id, url)
+    OWNED.append(run_id)
+    checkpoints.new_run(run_id, run.info.artifact_uri)
+    # the flow run's MLflow run; a nested run (a sweep's trial, run inside the sweep's flow
+    # run) is not the one that flow run made
+    if "mlflow.parentRunId" not in all_tags:
+        url = mlflow_run_url(run_id, run.info.experiment_id)
+        tag_prefect_flow_run(all_tags["prefect.flow_run_id"], run_id, url)
     try:
-        mark_process(run_id)
         log_params(run_id, {**flow_params, **(resolved or {})})
         log_text(run_id, environment.freeze_text(), environment.FREEZE_ARTIFACT)
         yield run_id
@@ -161,6 +166,7 @@ def reopened_run(run_id: str) -> Iterator[str]:
     """Set an ended run back to RUNNING (its old ``mlcore.error`` removed, this process as its
     owner) and yield its id; end it as parent_run does (``end_run``)."""
     client().update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    checkpoints.forget(run_id)
     if ERROR_TAG in client().get_run(run_id).data.tags:
         client().delete_tag(run_id, ERROR_TAG)
     mark_process(run_id)  # this process owns it now (see reap_if_dead)

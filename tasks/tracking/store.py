@@ -22,6 +22,23 @@ def client() -> MlflowClient:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
+def create_run(experiment: str, tags: dict[str, str], run_name: str):
+    """A new run in experiment ``experiment`` (by name, created if missing). The name's id is
+    looked up once per process and store; a cached id whose experiment was deleted (or
+    replaced) meanwhile is looked up again."""
+    key = (mlflow.get_tracking_uri(), experiment)
+    if key in _EXPERIMENT_IDS:
+        try:
+            return client().create_run(_EXPERIMENT_IDS[key], tags=tags, run_name=run_name)
+        except mlflow.exceptions.MlflowException:
+            del _EXPERIMENT_IDS[key]
+    _EXPERIMENT_IDS[key] = experiment_id(experiment)
+    return client().create_run(_EXPERIMENT_IDS[key], tags=tags, run_name=run_name)
+
+
+_EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
+
+
 def experiment_id(name: str) -> str:
     """The id of experiment ``name``, created as model training (``EXPERIMENT_KIND``) if
     missing; an existing one without a kind gets it (a kind set by someone else stays)."""

@@ -93,7 +93,7 @@ def _scheduler_http(dask_scheduler):
     return dask_scheduler.http_server.address, dask_scheduler.http_server.port
 
 
-def test_local_cluster_workers_have_one_blas_thread_and_ours_is_untouched():
+def test_local_cluster_workers_have_one_blas_thread_and_ours_is_untouched(mlflow_store):
     before = dict(os.environ)
     runner_obj, width = task_runner("dask", 2, None)
     assert width is None

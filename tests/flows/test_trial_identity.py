@@ -5,6 +5,7 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -66,6 +67,14 @@ def test_a_convnet_trial_is_mlcore_run_with_the_seed_it_logged(prefect_harness, 
     assert plots == {"plots/training_curves.png", "plots/filters.png"}
     assert "mlcore.resumed_from_epoch" not in trial.data.tags  # the model was added, not trained
     assert parent.data.tags["best_model_uri"] == trial.data.tags["mlcore.model_uri"]
+    # a trial runs inside the sweep's flow run (no subflow of its own), which names the
+    # sweep's MLflow run only
+    sweep_flow_run = parent.data.tags["prefect.flow_run_id"]
+    assert {r.data.tags["prefect.flow_run_id"] for r in (trial, other)} == {sweep_flow_run}
+    with get_client(sync_client=True) as prefect_client:
+        tags = prefect_client.read_flow_run(sweep_flow_run).tags
+    assert [t for t in tags if t.startswith("mlflow.run_id=")] == [
+        f"mlflow.run_id={result['run_id']}"]  # fmt: skip
 
     options = {"lr": trial.data.params["lr"], "num-train": "100", "epochs": "2",
                "num-filters": "4", "hidden-dim": "8", "batch-size": "50",

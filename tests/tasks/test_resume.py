@@ -241,9 +241,12 @@ class FailOnceAfterEpoch1:
             raise RuntimeError("injected fault after epoch 1")
 
 
+@pytest.mark.parametrize("fresh", [False, True])
 def test_a_retried_training_task_resumes_from_its_checkpoint(
-    prefect_harness, mlflow_store, checkpoints
+    prefect_harness, mlflow_store, checkpoints, fresh
 ):
+    """Also when the flow says its run is ``fresh`` (nothing to read back): that holds for
+    the task's first attempt only."""
     from prefect import flow
 
     solver = {"update_rule": "adam", "optim_config": {"learning_rate": 1e-3}, "lr_decay": 0.95,
@@ -254,7 +257,7 @@ def test_a_retried_training_task_resumes_from_its_checkpoint(
     def training(callback=None):
         with tracking.parent_run("convnet", "test", {}) as run_id:
             data = load_images(dataset="digits", num_train=200, run_id=run_id)
-            return run_id, train_convnet(data, 10, config, solver, 7, run_id, callback)
+            return run_id, train_convnet(data, 10, config, solver, 7, run_id, callback, fresh=fresh)
 
     straight_id, straight = training()
     fault = FailOnceAfterEpoch1()

@@ -134,6 +134,48 @@ def test_old_checkpoints_are_deleted_from_a_local_artifact_store(mlflow_store, t
     assert int(np.load(local)["epoch"]) == 3
 
 
+def test_a_new_runs_checkpoints_rotate_without_reading_the_run_back(mlflow_store, tmp_path):
+    """A run this process created has no checkpoint yet: its checkpoints are rotated from what
+    this process wrote (nothing read back), with the same result in MLflow; reopened (another
+    process may have changed it), the run is read again."""
+    with tracking.parent_run("ckpt", "test", {}) as run_id:
+        for epoch in (1, 2, 3):
+            path = tmp_path / f"ck_epoch_{epoch}.npz"
+            np.savez(path, epoch=np.array(epoch))
+            assert tracking.log_checkpoint(run_id, path, epoch) is True
+    listed = {a.path for a in MlflowClient().list_artifacts(run_id, "checkpoints")}
+    assert listed == {"checkpoints/ck_epoch_2.npz", "checkpoints/ck_epoch_3.npz"}
+    assert [c["epoch"] for c in tracking.logged_checkpoints(run_id)] == [2, 3]
+    # another writer drops epoch 3 from the tag; the reopened run reads that back
+    MlflowClient().set_tag(run_id, tracking.CHECKPOINT_TAG, json.dumps(
+        tracking.logged_checkpoints(run_id)[:1]))  # fmt: skip
+    with tracking.reopened_run(run_id):
+        path = tmp_path / "ck_epoch_4.npz"
+        np.savez(path, epoch=np.array(4))
+        tracking.log_checkpoint(run_id, path, 4)
+    assert [c["epoch"] for c in tracking.logged_checkpoints(run_id)] == [2, 4]
+    listed = {a.path for a in MlflowClient().list_artifacts(run_id, "checkpoints")}
+    assert listed == {"checkpoints/ck_epoch_2.npz", "checkpoints/ck_epoch_4.npz"}
+
+
+def test_runs_land_in_the_experiment_of_the_store_in_use(mlflow_store, tmp_path):
+    """Experiment ids are looked up once per process and store: a process that switches
+    stores creates its runs in the new store's experiment."""
+    with tracking.parent_run("moved", "test", {}) as first:
+        pass
+    other = f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    (tmp_path / "other").mkdir()
+    mlflow.set_tracking_uri(other)
+    try:
+        with tracking.parent_run("moved", "test", {}) as second:
+            pass
+        run = MlflowClient(other).get_run(second)
+        assert MlflowClient(other).get_experiment(run.info.experiment_id).name == "moved"
+    finally:
+        mlflow.set_tracking_uri(mlflow_store)
+    assert MlflowClient(mlflow_store).get_run(first).info.status == "FINISHED"
+
+
 def test_experiments_are_model_training_for_the_mlflow_ui(mlflow_store):
     """A new experiment is created with MLflow's kind tag (the UI then opens on its runs, not
     on the GenAI overview); one made without a kind gets it; a kind set by a user stays."""
