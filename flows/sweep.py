@@ -108,15 +108,28 @@ def task_runner(runner: str, workers: int | None, dask_address: str | None):
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster), None
 
 
+SLOW_MALLOC = "MALLOC_TRIM_THRESHOLD_"
+
+
 def connect(dask_runner) -> int:
     """Start (or connect to) the Dask task runner's cluster; return its worker threads.
 
     distributed's nanny writes its ``pre-spawn-environ`` (OMP_NUM_THREADS=1, ...) into this
     process's environment before spawning each worker and leaves it there: it is put back, so
-    only the workers run with one thread."""
+    only the workers run with one thread.
+
+    The nanny also spawns each worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which turns off
+    glibc's adaptive thresholds: every array above 128 KiB is then mapped and unmapped afresh
+    (tens of thousands of page faults per digits training) and a trial trains about 1.5x
+    slower. mlcore's own LocalCluster spawns its workers without it."""
+    import dask
+
+    spawn_env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    spawn_env.pop(SLOW_MALLOC, None)
     saved = dict(os.environ)
     try:
-        client = dask_runner.client
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+            client = dask_runner.client
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -124,11 +137,19 @@ def connect(dask_runner) -> int:
     # MLflow, matplotlib, mlcore: tens of seconds on a busy machine) and open the tracking
     # store (MLflow imports its SQL store, seconds, on a client's first call) before the clock
     # starts
-    client.run(_warm_up, tracking.tracking_uri())
+    slow = {w: v for w, v in client.run(_warm_up, tracking.tracking_uri()).items() if v}
+    if slow:
+        print(
+            f"{len(slow)} Dask worker(s) run with {SLOW_MALLOC}={next(iter(slow.values()))} "
+            "(the Dask nanny's default), which makes training about 1.5x slower there: "
+            "see docs/sweeps.md, 'Workers of your own'"
+        )
     return max(sum(client.nthreads().values()), 1)
 
 
-def _warm_up(tracking_uri: str) -> None:
+def _warm_up(tracking_uri: str) -> str | None:
+    """Run on each worker before the trials; returns its ``MALLOC_TRIM_THRESHOLD_`` unless it
+    also has a ``MALLOC_MMAP_THRESHOLD_`` (then both thresholds were chosen, not defaulted)."""
     import flows.convnet  # noqa: F401
     import flows.housing  # noqa: F401
     import tasks.sweep  # noqa: F401
@@ -137,6 +158,9 @@ def _warm_up(tracking_uri: str) -> None:
     # (a store this worker cannot open: each trial's run reports why)
     with contextlib.suppress(Exception):
         tracking.client().search_experiments(max_results=1)
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):  # fixed thresholds chosen with care
+        return None
+    return os.environ.get(SLOW_MALLOC)
 
 
 def _dask_width() -> int:

@@ -11,6 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
+import dask
 import psutil
 import pytest
 from mlflow import MlflowClient
@@ -112,11 +113,46 @@ def test_local_cluster_workers_have_one_blas_thread_and_ours_is_untouched(mlflow
         envs = client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
         threads = client.run(blas_threads)
         pids = client.run(os.getpid)
+        faults = client.run(page_faults_of_1mib_arrays)
     assert os.environ == before
+    # the workers were spawned without the nanny's MALLOC_TRIM_THRESHOLD_=65536 (glibc then
+    # maps and unmaps every array above 128 KiB: 256 faults each), and our Dask config is as it was
+    assert all(f < 2000 for f in faults.values()), faults
+    assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"]
     assert len(pids) == 2 and os.getpid() not in pids.values()
     assert set(envs.values()) == {"1"}
     # what the libraries really use: numpy's BLAS (and any OpenMP runtime) with one thread
     assert all(t and set(t.values()) == {1} for t in threads.values()), threads
+
+
+def test_workers_a_nanny_gave_the_slow_allocator_setting_are_named(mlflow_store, capsys):
+    """A cluster of the user's own, its workers spawned by Dask's nanny with its defaults
+    (MALLOC_TRIM_THRESHOLD_=65536): the sweep says so, in one line, and carries on."""
+    from distributed import LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:  # fmt: skip
+        faults = cluster.get_client().run(page_faults_of_1mib_arrays)
+        assert all(f > 200 * 200 for f in faults.values()), faults  # what the setting costs
+        with DaskTaskRunner(address=cluster.scheduler_address) as runner_obj:
+            assert connect(runner_obj) == 1
+    out = capsys.readouterr().out
+    assert "1 Dask worker(s) run with MALLOC_TRIM_THRESHOLD_=65536 (the Dask nanny's " in out
+    assert "docs/sweeps.md, 'Workers of your own'" in out
+
+
+def page_faults_of_1mib_arrays(n: int = 200) -> int:
+    """Minor page faults of this process while it makes, fills and frees ``n`` 1 MiB arrays."""
+    import resource
+
+    import numpy as np
+
+    np.ones(1 << 17).sum()  # (the heap grows once)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        np.ones(1 << 17).sum()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 class Cluster:
