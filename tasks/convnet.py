@@ -70,13 +70,14 @@ def _image_dataset(dataset: str, path: str | None) -> dict[str, np.ndarray]:
     the file's size and modification time: a file replaced is loaded again."""
     stat = os.stat(path) if path else None
     key = (dataset, path, stat and (stat.st_size, stat.st_mtime_ns))
-    if key not in _LOADED:
+    data = _LOADED.get(key)  # (trials in threads: each holds its own reference)
+    if data is None:
         data = load_image_dataset(dataset, **({"path": path} if path else {}))
         if sum(a.nbytes for a in data.values()) > CACHED_DATASET_BYTES:
             return data
         _LOADED.clear()
         _LOADED[key] = data
-    return {k: a.copy() for k, a in _LOADED[key].items()}
+    return {k: a.copy() for k, a in data.items()}
 
 
 DATA_TAG = "data.sha256"

@@ -119,3 +119,37 @@ def test_digits_defaults_learn_in_three_epochs(prefect_harness, mlflow_store):
     assert run.data.params["lr"] == "0.01" and run.data.params["batch_size"] == "25"
     assert run.data.metrics["best_val_acc"] >= 0.95
     assert run.data.metrics["test_acc"] >= 0.93
+
+
+def test_a_dataset_loaded_again_in_the_process_is_the_same_and_its_own(
+    run_id, tmp_path, monkeypatch
+):
+    """The last small dataset is kept in memory (a sweep's trials parse digits once): what
+    each call gets equals a fresh load, is a copy of its own, and a replaced file (digits from
+    a file here, as a downloaded dataset is) is loaded again."""
+    from mlcore.data.images import load_image_dataset
+    from tasks.convnet import _image_dataset
+
+    fresh = load_image_dataset("digits")
+    first = load_images.fn("digits", None, run_id)
+    first["X_train"][:] = 0  # a caller that changes its arrays changes only its own
+    second = load_images.fn("digits", None, run_id)
+    assert second.keys() == fresh.keys()
+    for key, array in fresh.items():
+        np.testing.assert_array_equal(second[key], array)
+
+    source = tmp_path / "images.npy"
+    np.save(source, np.zeros(3))
+    loads = []
+
+    def loader(name, path):
+        loads.append(path)
+        return {"X": np.load(path)}
+
+    monkeypatch.setattr("tasks.convnet.load_image_dataset", loader)
+    assert _image_dataset("file", str(source))["X"].tolist() == [0, 0, 0]
+    assert _image_dataset("file", str(source))["X"].tolist() == [0, 0, 0]
+    assert len(loads) == 1
+    np.save(source, np.ones(4))
+    assert _image_dataset("file", str(source))["X"].tolist() == [1, 1, 1, 1]
+    assert len(loads) == 2
