@@ -22,12 +22,9 @@ except ImportError:  # Python 3.10: pytest's own dependency
 
 SOURCES = ("mlcore", "tasks", "flows")
 
-# Declared distributions the code never imports, and why each is needed all the same.
-NEEDED_WITHOUT_IMPORT = {
-    "dask": "the `dask scheduler` and `dask worker` commands (the README's sweep section) that "
-    "start a cluster for `mlcore sweep --dask-address`; its [distributed] extra keeps "
-    "distributed, which flows/sweep.py imports, at the same release",
-}
+# Declared distributions the code never imports, and why each is needed all the same (none
+# now: flows/sweep.py imports dask, for the configuration its LocalCluster's workers start with).
+NEEDED_WITHOUT_IMPORT: dict[str, str] = {}
 
 
 def imported_modules(root: Path, folders=SOURCES) -> dict[str, set[str]]:
