@@ -23,7 +23,7 @@ except ImportError:  # Python 3.10: pytest's own dependency
 SOURCES = ("mlcore", "tasks", "flows")
 
 # Declared distributions the code never imports, and why each is needed all the same (none
-# now: flows/sweep.py imports dask, for the configuration its LocalCluster's workers start with).
+# now: flows/runners.py imports dask, for the configuration its LocalCluster's workers start with).
 NEEDED_WITHOUT_IMPORT: dict[str, str] = {}
 
 

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.experiments import CONVNET
-from flows.sweep import connect, run_sweep, task_runner
+from flows.runners import connect, task_runner
+from flows.sweep import run_sweep
 from tests.conftest import one_line_error
 from tests.flows.test_sweep import trial_runs
 
