@@ -34,11 +34,12 @@ from flows.space import (
     space_from_json,
     sweep_config,
 )
+from flows.study import ERROR_ATTR, Journal, journal, logged_trials
 from tasks import tracking
 from tasks.errors import error_line
 from tasks.sweep import best_trial, record_sweep, run_trial, trial_name, trial_seed
 
-TRIALS_FILE = "sweep/trials.json"  # every trial asked so far: number, params, sampler state
+COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
 class SweepIncomplete(RuntimeError):
@@ -107,12 +108,16 @@ def _sweep_config(run_id: str) -> dict[str, Any]:
 
 
 def _check_resumable(run_id: str, config: dict) -> None:
-    asked = tracking.load_json(run_id, TRIALS_FILE)
+    trials = logged_trials(run_id)
     done = _finished_trials(run_id, config["metric"], get_experiment(config["experiment"]))
-    if len(asked) >= config["trials"] and all(rec["number"] in done for rec in asked):
+    running = optuna.trial.TrialState.RUNNING
+    if len(trials) >= config["trials"] and not any(
+        t.state == running and t.number not in done for t in trials
+    ):
+        failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
         raise ValueError(
-            f"--resume: every trial of the sweep {run_id} has a finished child run; "
-            "nothing to resume"
+            f"--resume: every trial of the sweep {run_id} finished ({failed} failed: a failed "
+            "trial fails again with its parameters and seed); nothing to resume"
         )
 
 
@@ -156,34 +161,55 @@ def _prepare_data(exp_name: str, fixed: dict) -> None:
 
 
 def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, Any]:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     exp_name, metric = config["experiment"], config["metric"]
     exp = get_experiment(exp_name)
-    higher = exp.metrics[metric]
-    space = space_from_json(config["space"])
     _prepare_data(exp_name, config["fixed"])
-    direction = "maximize" if higher else "minimize"
-
-    asked: list[dict] = tracking.load_json(run_id, TRIALS_FILE) if resuming else []
     done = _finished_trials(run_id, metric, exp) if resuming else {}
-    # a resumed random/TPE sampler must not replay the proposals already asked
-    seed = config["seed"] if not asked else trial_seed(config["seed"], 1_000_000 + len(asked))
-    study = optuna.create_study(
-        direction=direction, sampler=make_sampler(config["sampler"], space, seed, config["trials"])
-    )
     # an unfinished trial that checkpointed continues in its own run, from its last checkpoint
     continued = _continuable_trials(run_id, exp, set(done)) if resuming else {}
-    results: dict[int, dict] = {}
-    todo = []
-    for rec in asked:
-        if rec["number"] in done:
-            finished = done[rec["number"]]
-            _add(study, space, rec, finished["metrics"][metric])
-            results[rec["number"]] = {**rec, **finished, "state": "COMPLETE"}
-        else:
-            todo.append(rec)
+    with journal(run_id, resuming) as book:
+        asked = book.asked()
+        # a resumed random/TPE sampler must not replay the proposals already asked
+        seed = config["seed"] if not asked else trial_seed(config["seed"], 1_000_000 + asked)
+        space = space_from_json(config["space"])
+        study = book.study(
+            "maximize" if exp.metrics[metric] else "minimize",
+            make_sampler(config["sampler"], space, seed, config["trials"]),
+        )
+        results, todo = _from_study(study, done, metric)
+        return _run_trials(config, run_id, width, exp, book, study, space, results, todo,
+                           continued)  # fmt: skip
 
+
+def _from_study(study: optuna.Study, done: dict[int, dict], metric: str) -> tuple[dict, list]:
+    """What a resumed study holds: trial number -> the record of each finished trial (told, or
+    whose child run FINISHED after the journal was last logged: told now), and the trials to
+    run again (RUNNING: lost, or stopped with the sweep)."""
+    results: dict[int, dict] = {}
+    todo: list[dict] = []
+    for t in study.get_trials(deepcopy=False):
+        rec = {"number": t.number, "params": t.params}
+        if t.number in done:
+            results[t.number] = {**rec, **done[t.number], "state": "COMPLETE"}
+            if t.state == optuna.trial.TrialState.RUNNING:
+                _tell(study, t.number, done[t.number]["metrics"][metric], COMPLETE)
+        elif t.state == optuna.trial.TrialState.RUNNING:
+            todo.append(rec)
+        else:  # FAIL (final: the same parameters and seed fail the same way), or a lost run
+            error = t.user_attrs.get(ERROR_ATTR) or f"{t.state.name} without a FINISHED run"
+            results[t.number] = {**rec, "state": "FAIL", "error": error, "metrics": {}}
+    return results, todo
+
+
+def _run_trials(
+    config: dict, run_id: str, width: int, exp, book: Journal, study: optuna.Study,
+    space: dict, results: dict[int, dict], todo: list[dict], continued: dict[int, str],
+) -> dict[str, Any]:  # fmt: skip
+    """Ask, run and tell batches of trials until the study holds ``config["trials"]`` (the
+    resumed ``todo`` first), then the record and the registration."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    metric, higher = config["metric"], exp.metrics[config["metric"]]
     uri = tracking.tracking_uri()
     api = _api_url()
     incomplete: list[str] = []
@@ -192,23 +218,21 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
     lean = lean if exp.lean_trials else {}
     gated: set = set()
     overheads: list[float] = []  # per trial: submit-to-result minus Solver.train()'s wall time
+    ran = 0
     start = time.perf_counter()
     # the settings sent with each task name this flow's API: workers report there
     with temporary_settings(updates={PREFECT_API_URL: api}):
-        while todo or len(asked) < config["trials"]:
+        while todo or _asked(study) < config["trials"]:
             # reruns of a resumed sweep first, on their own: the sampler does not know them
             # until they are told, so a fresh ask beside them could propose one again
             if todo:
                 batch, todo = todo[:width], todo[width:]
             else:
                 batch = []
-                for _ in range(min(width, config["trials"] - len(asked))):
+                for _ in range(min(width, config["trials"] - _asked(study))):
                     trial = study.ask(space)
-                    attrs = study.get_trials(deepcopy=False)[trial.number].system_attrs
-                    batch.append({"number": len(asked), "params": trial.params,
-                                  "system_attrs": dict(attrs), "optuna": trial})  # fmt: skip
-                    asked.append({k: v for k, v in batch[-1].items() if k != "optuna"})
-                tracking.log_json(run_id, asked, TRIALS_FILE)
+                    batch.append({"number": trial.number, "params": trial.params})
+            book.save()  # the batch is in the study before it runs: a kill leaves it RUNNING
             arguments = [flow_arguments(exp, rec["params"], config["fixed"]) for rec in batch]
             for args in arguments:
                 gated = _gate(exp, args, config["seed"], run_id, gated)
@@ -221,24 +245,21 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
                 for rec, args in zip(batch, arguments, strict=True)
             ]  # fmt: skip
             returned = _return_times(futures)
+            ran += len(batch)
             for rec, future in zip(batch, futures, strict=True):
                 results[rec["number"]] = outcome = _outcome(rec, future)
                 if outcome.get("train_s") is not None:
                     overheads.append(returned[id(future)] - submitted - outcome["train_s"])
-                value = outcome["metrics"][metric] if outcome["state"] == "COMPLETE" else None
-                if "optuna" in rec:
-                    state = (
-                        optuna.trial.TrialState.COMPLETE
-                        if value is not None
-                        else optuna.trial.TrialState.FAIL
-                    )
-                    _tell(study, rec["optuna"], value, state)
-                else:
-                    _add(study, space, rec, value)
-                if outcome["state"] == "LOST":
+                if outcome["state"] == "LOST":  # left RUNNING in the study: --resume runs it
                     incomplete.append(f"trial {rec['number']} was lost ({outcome['error']})")
+                elif outcome["state"] == "COMPLETE":
+                    _tell(study, rec["number"], outcome["metrics"][metric], COMPLETE)
+                else:
+                    book.set_error(rec["number"], outcome["error"])
+                    _tell(study, rec["number"], None, optuna.trial.TrialState.FAIL)
+    book.save()
     wall = time.perf_counter() - start
-    timing = {"sweep_wall_s": wall, "trials_run": len(results) - len(done)}
+    timing = {"sweep_wall_s": wall, "trials_run": ran}
     if overheads:
         timing["trial_overhead_s"] = statistics.median(overheads)
     tracking.log_metrics(run_id, timing)
@@ -266,6 +287,10 @@ def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, A
         tracking.set_tags(run_id, {"failed_trials": ",".join(str(t["number"]) for t in failed)})
     result["registered"] = _register(config, record["best"], metric, run_id)
     return result
+
+
+def _asked(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False))
 
 
 def _gate(exp, args: dict, seed: int, run_id: str, gated: set) -> set:
@@ -303,14 +328,14 @@ def _add_model(exp, config: dict, best: dict) -> str:
     return result["model_uri"]
 
 
-def _tell(study: optuna.Study, trial, value: float | None, state) -> None:
+def _tell(study: optuna.Study, number: int, value: float | None, state) -> None:
     try:
-        study.tell(trial, value, state=state)
+        study.tell(number, value, state=state)
     except RuntimeError:
         # GridSampler calls Study.stop once the last point of its grid is told, which raises
         # outside optimize(); the trial is recorded by then. Any other error re-raises.
         sampler = study.sampler
-        recorded = study.get_trials(deepcopy=False)[trial.number].state
+        recorded = study.get_trials(deepcopy=False)[number].state
         if not (
             isinstance(sampler, optuna.samplers.GridSampler)
             and sampler.is_exhausted(study)
@@ -330,17 +355,6 @@ def _outcome(rec: dict, future) -> dict[str, Any]:
             crash_task_run(future, error)
         return {**base, "state": state, "error": error, "metrics": {}}
     return {**base, **out, "state": "COMPLETE"}
-
-
-def _add(study: optuna.Study, space: dict, rec: dict, value: float | None) -> None:
-    """A trial run outside ``study.ask`` (a finished trial of the original run, a rerun)."""
-    state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
-    study.add_trial(
-        optuna.trial.create_trial(
-            params=rec["params"], distributions={k: space[k] for k in rec["params"]},
-            value=value, state=state, system_attrs=rec.get("system_attrs") or {},
-        )
-    )  # fmt: skip
 
 
 def _finished_trials(run_id: str, metric: str, exp) -> dict[int, dict]:

@@ -28,6 +28,7 @@ from tasks.tracking.checkpoints import (
 from tasks.tracking.logging import (
     MetricBuffer,
     load_json,
+    load_text,
     log_dataframe,
     log_dataset,
     log_figure,
@@ -107,6 +108,7 @@ __all__ = [
     "git_commit",
     "last_metric_steps",
     "load_json",
+    "load_text",
     "log_checkpoint",
     "log_dataframe",
     "log_dataset",

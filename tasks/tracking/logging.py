@@ -217,6 +217,11 @@ def load_json(run_id: str, artifact_file: str):
     return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_file}")
 
 
+def load_text(run_id: str, artifact_file: str) -> str:
+    """The text of a run's artifact (see `log_text`)."""
+    return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
+
+
 def log_dataset(
     run_id: str,
     X: np.ndarray,

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from tasks import tracking
 from tests.conftest import prefect_home
+from tests.flows.test_sweep import study_of
 
 pytestmark = pytest.mark.slow
 
@@ -315,6 +316,8 @@ def test_a_sweep_killed_mid_trial_continues_that_trial_from_its_last_checkpoint(
         log.close()
     parent_id = victim.data.tags["mlflow.parentRunId"]
     assert client.get_run(victim.info.run_id).info.status == "RUNNING"  # nobody told the store
+    # Optuna's study, as logged with the sweep's run: trial 0 asked and never told
+    assert study_of(parent_id, client).trials[0].state.name == "RUNNING"
 
     resumed = subprocess.run(
         [sys.executable, "-m", "flows.cli", "sweep", "--resume", parent_id], cwd=tmp_path,
@@ -338,3 +341,7 @@ def test_a_sweep_killed_mid_trial_continues_that_trial_from_its_last_checkpoint(
     per_epoch = int(first.data.params["n_train"]) // 50
     assert len(steps) == len(set(steps)) == 20 * per_epoch  # every iteration once
     assert len(client.get_metric_history(first.info.run_id, "val_acc")) == 21  # + iteration 1
+    # ... and the study, loaded from Optuna's storage by --resume, was told both trials
+    study = study_of(parent_id, client)
+    assert [(t.number, t.state.name) for t in study.trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
+    assert [t.value for t in study.trials] == [runs[n].data.metrics["best_val_acc"] for n in (0, 1)]

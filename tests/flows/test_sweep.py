@@ -6,6 +6,7 @@ import os
 import socket
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -250,9 +251,27 @@ def test_housing_grid_sweep_is_the_same_sequentially_and_on_threads(
     assert version.run_id == runs[best].data.tags["best_run_id"]
     assert float(version.tags["best_val_mae"]) == by_runner["sequential"][best_alpha][0]
     assert version.tags["data_key"] == housing_data_key("housing_scale", 0.33, 42, 0.2)
+    # the study lives in Optuna's own storage, logged with the sweep's run: Optuna reads it
+    study = study_of(seq["run_id"])
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert [(t.number, t.state.name) for t in study.trials] == [(n, "COMPLETE") for n in range(4)]
+    assert {t.params["alpha"]: t.value for t in study.trials} == {
+        a: v[0] for a, v in by_runner["sequential"].items()
+    }
+    assert study.best_trial.number == best
     # the CLI printed the leaderboard, best first
     assert "sweep by best_val_mae (best first)" in out.output
     assert f"best trial: {best}" in out.output
+
+
+def study_of(run_id: str, client: MlflowClient | None = None) -> optuna.Study:
+    """The sweep's study, loaded by Optuna from the journal logged with its run."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = (client or MlflowClient()).download_artifacts(run_id, "sweep/study.journal")
+    storage = JournalStorage(JournalFileBackend(path))
+    return optuna.load_study(study_name="mlcore-sweep", storage=storage)
 
 
 def asked(result):
@@ -298,3 +317,45 @@ def test_failed_trials_are_recorded_and_a_sweep_of_only_failures_fails(
     board = pd.read_csv(client.download_artifacts(parent.info.run_id, "leaderboard.csv"))
     assert list(board["state"]) == ["FAIL", "FAIL"]
     assert board["error"].str.contains("num_train must be in").all()
+    # Optuna's study holds both failures with their errors; a failed trial is final (its
+    # parameters and seed fail again), so there is nothing to resume
+    study = study_of(parent.info.run_id)
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    assert all("num_train must be in" in t.user_attrs["mlcore.error"] for t in study.trials)
+    one_line_error(
+        runner.invoke(app, ["sweep", "--resume", parent.info.run_id]),
+        rf"every trial of the sweep {parent.info.run_id} finished \(2 failed: .*\); "
+        "nothing to resume$",
+    )
+    # a sweep's run without the journal (logged by an older mlcore) says so in one line
+    config = parent.data.tags["mlcore.sweep_config"]
+    older = client.create_run(exp.experiment_id, tags={"mlcore.sweep_config": config})
+    client.set_terminated(older.info.run_id, "FAILED")
+    one_line_error(
+        runner.invoke(app, ["sweep", "--resume", older.info.run_id]),
+        rf"the sweep {older.info.run_id} has no Optuna journal \(sweep/study.journal\)",
+    )
+
+
+def test_a_resumed_study_continues_its_running_trials_and_tells_those_that_finished():
+    """What --resume takes from Optuna's study: a finished trial stays; one left RUNNING whose
+    child run FINISHED after the journal was last logged is told now; one left RUNNING without
+    a finished run runs again; a failed one keeps its error."""
+    from flows.study import ERROR_ATTR
+    from flows.sweep import _from_study
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    trials = [study.ask(space) for _ in range(4)]
+    study.tell(trials[0], 0.5)
+    trials[1].set_user_attr(ERROR_ATTR, "ValueError: lr diverged")
+    study.tell(trials[1], None, state=optuna.trial.TrialState.FAIL)
+    finished = {"run_id": "r0", "metrics": {"best_val_mae": 0.5}, "model_uri": None}
+    late = {"run_id": "r2", "metrics": {"best_val_mae": 0.25}, "model_uri": None}
+    results, todo = _from_study(study, {0: finished, 2: late}, "best_val_mae")
+    assert todo == [{"number": 3, "params": trials[3].params}]
+    assert results[0] == {"number": 0, "params": trials[0].params, **finished, "state": "COMPLETE"}
+    assert results[1]["state"] == "FAIL" and results[1]["error"] == "ValueError: lr diverged"
+    assert results[2]["run_id"] == "r2" and sorted(results) == [0, 1, 2]
+    states = [(t.state.name, t.value) for t in study.trials]
+    assert states == [("COMPLETE", 0.5), ("FAIL", None), ("COMPLETE", 0.25), ("RUNNING", None)]
