@@ -95,7 +95,18 @@ def connect(dask_runner) -> int:
     # MLflow, matplotlib, mlcore: tens of seconds on a busy machine) and open the tracking
     # store (MLflow imports its SQL store, seconds, on a client's first call) before the clock
     # starts
-    slow = {w: v for w, v in client.run(_warm_up, tracking.tracking_uri()).items() if v}
+    uri = tracking.tracking_uri()
+    db = tracking.sqlite_path(uri)
+    db = db if db is not None and os.path.exists(db) else None  # (else made by the first run)
+    warmed = client.run(_warm_up, uri, db)
+    blind = [w for w, (_, sees) in warmed.items() if not sees]
+    if blind:
+        raise ValueError(
+            f"Dask worker {blind[0]} cannot see the tracking store's file {db} (on another "
+            "machine?): its trials would log to a SQLite file of its own; set "
+            "MLFLOW_TRACKING_URI to a tracking server all workers reach (mlcore server)"
+        )
+    slow = {w: malloc for w, (malloc, _) in warmed.items() if malloc}
     if slow:
         print(
             f"{len(slow)} Dask worker(s) run with {SLOW_MALLOC}={next(iter(slow.values()))} "
@@ -105,9 +116,13 @@ def connect(dask_runner) -> int:
     return max(sum(client.nthreads().values()), 1)
 
 
-def _warm_up(tracking_uri: str) -> str | None:
+def _warm_up(tracking_uri: str, db: str | None = None) -> tuple[str | None, bool]:
     """Run on each worker before the trials; returns its ``MALLOC_TRIM_THRESHOLD_`` unless it
-    also has a ``MALLOC_MMAP_THRESHOLD_`` (then both thresholds were chosen, not defaulted)."""
+    also has a ``MALLOC_MMAP_THRESHOLD_`` (then both thresholds were chosen, not defaulted), and
+    whether it sees the SQLite file ``db`` of the tracking store (when there is one): a worker
+    on another machine would create a file of its own there and log its trials into it."""
+    if db is not None and not os.path.exists(db):
+        return None, False
     import flows.convnet  # noqa: F401
     import flows.housing  # noqa: F401
     import tasks.sweep  # noqa: F401
@@ -117,8 +132,8 @@ def _warm_up(tracking_uri: str) -> str | None:
     with contextlib.suppress(Exception):
         tracking.client().search_experiments(max_results=1)
     if os.environ.get("MALLOC_MMAP_THRESHOLD_"):  # fixed thresholds chosen with care
-        return None
-    return os.environ.get(SLOW_MALLOC)
+        return None, True
+    return os.environ.get(SLOW_MALLOC), True
 
 
 def dask_width() -> int:
