@@ -16,6 +16,29 @@ from flows.cli.render import console
 from flows.stack import die_with_parent, stop_group, tie, untie
 from tasks.killed import RunKilled
 
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, token usage) unless the
+# browser has stored the other choice; these query parameters open it in its model-training
+# mode on its runs, beside a chart of each metric of the top-level runs (a flow's or a
+# sweep's run, each with its best_* metrics: one bar per run, comparable across nights)
+RUNS_VIEW = "runs?workflowType=machine_learning&compareRunsMode=CHART"
+
+
+def experiment_links(uri: str, base: str) -> list[tuple[str, str]]:
+    """(name, link to its runs in the UI) for each experiment of the store ``uri``, by name;
+    none for a SQLite file that does not exist yet."""
+    from mlflow import MlflowClient
+
+    from tasks.tracking import sqlite_path
+
+    path = sqlite_path(uri)
+    if path is not None and not os.path.exists(path):
+        return []
+    experiments = MlflowClient(uri).search_experiments()
+    return [
+        (e.name, f"{base}/#/experiments/{e.experiment_id}/{RUNS_VIEW}")
+        for e in sorted(experiments, key=lambda e: e.name)
+    ]
+
 
 @friendly_errors
 def ui(
@@ -39,6 +62,8 @@ def ui(
                 f"cannot serve the UI on {host}:{port}: {exc.strerror}; pick another --port"
             ) from None
     console.print(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)")
+    for name, link in experiment_links(uri, f"http://{host}:{port}"):
+        console.print(f"  {name}: {link}", soft_wrap=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
     # the job runner would start several worker processes a local UI has no use for

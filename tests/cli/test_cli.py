@@ -1,8 +1,16 @@
 """The ``mlcore`` command line: real flows, real MLflow store, one-line errors."""
 
 import contextlib
+import functools
+import json
 import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -41,7 +49,7 @@ def test_unknown_experiment_is_one_line(mlflow_store):
     one_line_error(runner.invoke(app, ["runs", "nope"]), r"error: no MLflow experiment 'nope'")
 
 
-def test_run_housing_then_compare_runs(prefect_harness, data_env, mlflow_store):
+def test_run_housing_then_compare_runs(prefect_harness, data_env, mlflow_store, tmp_path):
     args = ["run", "housing", "--alphas", "1e-4,10", "--sgd-lr", "0.01", "--sgd-epochs", "30"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -49,6 +57,12 @@ def test_run_housing_then_compare_runs(prefect_harness, data_env, mlflow_store):
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["alphas"] == "0.0001,10.0"
     assert "ridge" in result.output and "val_mae" in result.output
+    # the parent row alone says which model won, with what, and how well
+    best = MlflowClient().get_run(run.data.tags["best_run_id"])
+    assert run.data.tags["best_model"] == best.data.params["model"]
+    hparams = {k: v for k, v in best.data.params.items() if k != "model"}
+    assert {k: str(v) for k, v in json.loads(run.data.tags["best_params"]).items()} == hparams
+    assert run.data.metrics["best_val_mae"] == best.data.metrics["val_mae"]
 
     listed = runner.invoke(
         app, ["runs", "housing", "--sort", "best_val_mae"], env={"COLUMNS": "300"}
@@ -61,6 +75,85 @@ def test_run_housing_then_compare_runs(prefect_harness, data_env, mlflow_store):
         runner.invoke(app, ["runs", "housing", "--sort", "nope"]),
         r"error: --sort: no run has metric 'nope'",
     )
+    # ... and in the MLflow UI, in a real browser, from the link `mlcore ui` prints
+    ridges = [r for r in MlflowClient().search_runs([run.info.experiment_id])
+              if r.data.params.get("model") == "ridge"]  # fmt: skip
+    _in_the_browser(run, ridges, tmp_path)
+
+
+def _chromium(folder: Path, name: str) -> list[str]:
+    """Headless Debian Chromium with a fresh profile (no choice of the UI's stored)."""
+    found = shutil.which("chromium")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("no chromium: .ci/run installs Debian's chromium with apt")
+        pytest.skip("no chromium (Debian's chromium package)")
+    profile = folder / f"profile-{name}"
+    return [found, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,2400",
+            "--virtual-time-budget=30000", f"--user-data-dir={profile}"]  # fmt: skip
+
+
+def _look(url: str, folder: Path, name: str, expected: list[str]) -> str:
+    """The DOM of ``url`` once its scripts ran. The UI fills a view from several requests, and a
+    fresh UI answers its first ones slowly, so a page lacking some of ``expected`` is loaded
+    again (a fresh profile each time), up to three times; then the check fails naming what it
+    lacks, with a screenshot of the page kept beside its DOM."""
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=180)
+    for attempt in range(3):
+        dom = run([*_chromium(folder, f"{name}-{attempt}"), "--dump-dom", url]).stdout
+        (folder / f"{name}.html").write_text(dom)
+        missing = [text for text in expected if text not in dom]
+        if not missing:
+            return dom
+    shot = folder / f"{name}.png"
+    run([*_chromium(folder, f"{name}-shot"), f"--screenshot={shot}", url])
+    pytest.fail(f"the {name} view lacks {missing}: see {shot} and {name}.html")
+
+
+def _chart_value(dom: str, metric: str) -> str:
+    """The value on the bar of the chart card titled ``metric`` (MLflow's runs chart view)."""
+    card = dom.split(f'title="{metric}">{metric}</h4>', 1)[1].split(' title="', 1)[0]
+    return re.findall(r">(-?\d+(?:\.\d+)?)<", card)[0]
+
+
+def _in_the_browser(parent, ridges, tmp_path):
+    """`mlcore ui` on the store: the experiment's link it prints opens on the runs in the
+    model-training mode with the parent's best_val_mae charted; the compare view of two
+    children shows both."""
+    from flows.stack import Server, free_port
+
+    _chromium(tmp_path, "probe")  # (skips or fails before starting anything)
+    port, log = free_port(), tmp_path / "ui.out"
+    out = open(log, "wb")  # noqa: SIM115 (closed below)
+    cmd = [sys.executable, "-m", "flows.cli", "ui", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while "  housing: " not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        link = re.search(r"  housing: (\S+)", log.read_text()).group(1)
+        experiment = parent.info.experiment_id
+        assert link == (f"{base}/#/experiments/{experiment}/runs"
+                        "?workflowType=machine_learning&compareRunsMode=CHART")  # fmt: skip
+        Server("mlflow ui", base, f"{base}/health", proc, log).wait_healthy(120)
+        title = 'title="best_val_mae">best_val_mae</h4>'  # its chart's card
+        landing = _look(link, tmp_path, "landing", [parent.info.run_name, title])
+        assert "Detect Issues" not in landing  # not MLflow's GenAI overview
+        best = parent.data.metrics["best_val_mae"]
+        assert _chart_value(landing, "best_val_mae") == f"{best:.2f}"
+        two = ridges[:2]
+        query = urllib.parse.urlencode(
+            {"runs": json.dumps([r.info.run_id for r in two]), "experiments": f'["{experiment}"]'}
+        )
+        _look(f"{base}/#/compare-runs?{query}", tmp_path, "compare",
+              ["Comparing 2 Runs", "val_mae", *(r.info.run_id for r in two),
+               *(r.info.run_name for r in two)])  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        out.close()
 
 
 def test_no_standardize_reproduces_the_course_printout(prefect_harness, data_env, mlflow_store):
