@@ -2,7 +2,7 @@
 files with a model, open the MLflow UI, operate the deployments.
 
 One module per command group (``run``, ``sweep``, ``runs``, ``rerun``, ``predict``, ``ui``,
-``ops``, ``alerts``), plus ``errors`` (one-line errors, signals), ``render`` (tables) and
+``ops``, ``alerts``, ``sync``), plus ``errors`` (one-line errors, signals), ``render`` (tables) and
 ``process`` (the process's settings). Importing this package changes nothing process-wide and
 imports neither Prefect, MLflow nor numpy: ``main()``, the ``mlcore`` entry point, applies the
 process's settings (``flows.cli.process``) and then runs the command.
@@ -10,9 +10,11 @@ process's settings (``flows.cli.process``) and then runs the command.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
-from flows.cli import alerts, ops, predict, rerun, runs, sweep, ui
+from flows.cli import alerts, ops, predict, rerun, runs, sweep, sync, ui
 from flows.cli.errors import UsageError, check_tracking_store, friendly_errors, preflight
 from flows.cli.process import set_up_process
 from flows.cli.render import console, err_console, fmt, print_table
@@ -40,11 +42,13 @@ app.command("serve")(ops.serve)
 app.command("server")(ops.server)
 app.command("trigger")(ops.trigger)
 app.command("alerts")(alerts.alerts)
+app.command("sync")(sync.sync)
 
 
 def main() -> None:
     """The ``mlcore`` entry point: the process's settings, then the command."""
     set_up_process()
+    sync.waiting_notice(sys.argv[1:])
     app()
 
 

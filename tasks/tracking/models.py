@@ -57,9 +57,17 @@ def log_pyfunc_model(
         def send():
             with _MODEL_LOG_LOCK:
                 prediction = _load_code_model(code, weights).predict(None, input_example)
+                # the model belongs to its run's experiment: without an active run, MLflow
+                # would put it in the session's experiment (Default) instead
+                run = mlflow.MlflowClient().get_run(run_id)
+                model = mlflow.initialize_logged_model(
+                    name=name, source_run_id=run_id, experiment_id=run.info.experiment_id,
+                    params={k: str(v) for k, v in run.data.params.items()},
+                )  # fmt: skip
                 return Model.log(
                     artifact_path=None,
                     name=name,
+                    model_id=model.model_id,
                     flavor=mlflow.pyfunc,
                     run_id=run_id,
                     python_model=str(code),
@@ -76,10 +84,14 @@ def log_pyfunc_model(
                 ).model_uri
 
         def keep(folder: Path) -> str:
+            # what `mlcore sync` needs to log the same model later (tasks.tracking.sync)
             target = folder / name
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy(weights, target / "weights.npz")
             shutil.copy(code, target / code.name)
+            np.save(target / "input_example.npy", np.asarray(input_example), allow_pickle=False)
+            spool.keep_json(target, "model.json", {"kind": kind, "extra_pip": list(extra_pip),
+                                                   "code_sha256": file_sha256(code)})  # fmt: skip
             return str(target)
 
         return spool.send(run_id, send, keep)

@@ -98,7 +98,12 @@ def child_run(parent_run_id: str, run_name: str, params: Mapping) -> Iterator[st
         spool.adopt(run_id, root)
         spool.keep_json(spool.folder(run_id), "run.json", {"run_name": run_name, "parent": root})
         log_params(run_id, params)
-        yield run_id
+        try:
+            yield run_id
+        except BaseException as exc:
+            _keep_end(run_id, RunStatus.KILLED if kill_reason(exc) else RunStatus.FAILED)
+            raise
+        _keep_end(run_id, RunStatus.FINISHED)
         return
     spool.adopt(run_id, root)
     OWNED.append(run_id)
@@ -119,6 +124,12 @@ def _end_child(run_id: str, status: int) -> None:
     except Exception:  # noqa: BLE001
         if tracking_store_error() is None:
             raise
+        _keep_end(run_id, status)
+
+
+def _keep_end(run_id: str, status: int) -> None:
+    """The status a run's store could not be told, kept for `mlcore sync` (``end.json``)."""
+    spool.keep_json(spool.folder(run_id), "end.json", {"status": RunStatus.to_string(status)})
 
 
 def end_run(run_id: str, exc: BaseException | None = None) -> None:
@@ -143,7 +154,10 @@ def end_run(run_id: str, exc: BaseException | None = None) -> None:
         if exc
         else {}
     )
-    if not spool.offline(run_id):
+    if spool.offline(run_id):  # told later by `mlcore sync` (tasks.tracking.sync)
+        spool.keep_json(spool.folder(run_id), "tags.json", tags)
+        _keep_end(run_id, status)
+    else:
         try:
             set_tags(run_id, tags)
             client().set_terminated(run_id, RunStatus.to_string(status))

@@ -46,6 +46,8 @@ REFUSED = {
     "rerun-unknown-run": (["rerun", UNKNOWN_RUN], {NO_API}, rf"no MLflow run '{UNKNOWN_RUN}'"),
     "runs-unreachable-store": (["runs", "housing"], {BAD_STORE},
                                r"cannot reach the MLflow tracking store sqlite:///"),
+    "sync-unreachable-store": (["sync"], {BAD_STORE},
+                               r"cannot reach the MLflow tracking store sqlite:///"),
     "predict-unknown-run": (["predict", f"runs:/{UNKNOWN_RUN}/model", "rows.csv"], set(),
                             rf"cannot load model 'runs:/{UNKNOWN_RUN}/model': .*not found"),
     "trigger-without-server": (["trigger", "housing_regression/nightly"], set(),

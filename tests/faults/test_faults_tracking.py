@@ -144,6 +144,49 @@ def test_server_stopped_mid_training_loses_nothing(prefect_harness, mlflow_serve
         assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1]
         assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [0]
         assert "gate.rel_error.W1" in run.data.metrics
+
+        # what was kept goes in with `mlcore sync`; any other command says it waits
+        env = {**os.environ, "MLFLOW_TRACKING_URI": again.url}
+        cli = [str(Path(sys.executable).parent / "mlcore")]
+        listed = subprocess.run([*cli, "runs", "convnet"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stderr.splitlines()[0] == (
+            "note: 1 run(s)' results wait in ./mlcore-unsent (kept while the tracking store "
+            "was away): send them with `mlcore sync`"
+        )
+        points = len(rows)
+        synced = subprocess.run([*cli, "sync"], cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=300)  # fmt: skip
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        # (above it, MLflow's own link to the run it was told the end of)
+        assert synced.stdout.strip().splitlines()[-1] == (
+            f"{run_id}: sent 1 run(s), 1 model(s), {points} metric point(s)"
+        )
+        assert not unsent.exists()
+        run = client.get_run(run_id)
+        # ended as its flow ended it, which the store could not be told: FAILED, with why
+        assert run.info.status == "FAILED"
+        assert f"went away during run {run_id}" in run.data.tags["mlcore.error"]
+        assert "mlcore.synced" in run.data.tags
+        history = {k: {m.step: m.value for m in client.get_metric_history(run_id, k)}
+                   for k in ("loss", "val_acc", "test_acc")}  # fmt: skip
+        assert sorted(history["loss"]) == [1, 2, 3, 4, 5, 6]
+        assert history["val_acc"] == {0: history["val_acc"][0],
+                                      **{e: seen[e]["val_acc"] for e in (1, 2, 3)}}  # fmt: skip
+        assert history["test_acc"] == {0: by_key["test_acc"][0]}
+        assert client.list_artifacts(run_id, "plots")
+        # the same model, logged into its run: it scores the test split as the run says
+        (model,) = client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+        uri = f"models:/{model.model_id}"
+        mlflow.set_tracking_uri(again.url)
+        scored = mlflow.pyfunc.load_model(uri).predict(data["X_test"])
+        assert float(np.mean(np.asarray(scored) == data["y_test"])) == pytest.approx(test_acc)
+        again_sync = subprocess.run([*cli, "sync"], cwd=tmp_path, env=env, capture_output=True,
+                                    text=True, timeout=300)  # fmt: skip
+        assert again_sync.stdout.startswith("nothing to send")
     finally:
         again.stop()
 
@@ -171,6 +214,10 @@ def test_tables_json_and_checkpoints_are_kept_when_the_server_is_gone(mlflow_ser
         tracking.log_json(run_id, trials, "trials.json")
         for epoch, path in enumerate(files, start=1):
             tracking.log_checkpoint(run_id, path, epoch)
+    # a child run started while the store is gone exists only on disk
+    with tracking.child_run(table_run, "child(x=1)", {"x": 1}) as child:
+        tracking.log_metrics(child, {"m": 1.5})
+    assert child.startswith("unsent-")
 
     for run_id in (table_run, json_run, checkpoint_run):
         kept = tmp_path / "mlcore-unsent" / run_id
@@ -192,3 +239,33 @@ def test_tables_json_and_checkpoints_are_kept_when_the_server_is_gone(mlflow_ser
         assert tracking.logged_checkpoints(run_id) == []  # none that MLflow holds
         with pytest.raises(tracking.TrackingUnavailable, match=f"went away during run {run_id}"):
             tracking.end_run(run_id)
+
+    # the store back (a new server on the same database and artifacts): `mlcore sync` sends it
+    # all into the runs, and the child run is created under its parent
+    from tasks.tracking.sync import sync_folder, waiting
+
+    again = start_mlflow_server(
+        port=free_port(), backend_uri=f"sqlite:///{tmp_path / 'server.db'}",
+        artifacts=tmp_path / "artifacts", log=tmp_path / "mlflow-server-2.log",
+    )  # fmt: skip
+    try:
+        again.wait_healthy(180)
+        mlflow.set_tracking_uri(again.url)
+        sent = {f.name: sync_folder(f) for f in waiting()}
+        assert sent[table_run] == {"run_id": table_run, "runs": 2, "metrics": 1, "models": 0}
+        assert not (tmp_path / "mlcore-unsent").exists() or not waiting()
+        client = MlflowClient(again.url)
+        for run_id in (table_run, json_run, checkpoint_run):
+            run = client.get_run(run_id)
+            assert run.info.status == "FAILED"  # as its end said, which the store missed
+            assert f"went away during run {run_id}" in run.data.tags["mlcore.error"]
+            assert json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/trials.json")) == trials
+            listed = json.loads(run.data.tags["mlcore.checkpoints"])
+            assert [c["epoch"] for c in listed] == [2, 3]
+            stored = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+            assert stored == {c["artifact"] for c in listed}
+        (created,) = client.search_runs([exp], f"tags.mlflow.parentRunId = '{table_run}'")
+        assert created.info.run_name == "child(x=1)" and created.info.status == "FINISHED"
+        assert created.data.params == {"x": "1"} and created.data.metrics == {"m": 1.5}
+    finally:
+        again.stop()

@@ -53,6 +53,9 @@ def test_train_and_evaluate_log_everything_and_the_model_predicts_identically(ru
     )
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert plots == {"plots/training_curves.png", "plots/filters.png"}
+    # the model is the run's, in the run's experiment (the UI's Models tab of convnet lists it)
+    logged = client.get_logged_model(result["model_uri"].split("/")[-1])
+    assert (logged.source_run_id, logged.experiment_id) == (run_id, run.info.experiment_id)
     loaded = mlflow.pyfunc.load_model(result["model_uri"])
     np.testing.assert_array_equal(loaded.predict(data["X_test"]), model.predict(data["X_test"]))
     with pytest.raises(mlflow.exceptions.MlflowException, match="does not match expected shape"):

@@ -200,3 +200,12 @@ def test_a_runs_mlflow_ui_link_is_given_for_a_server_store_only(mlflow_store):
     assert mlflow_run_url("abc", "7") is None  # a store on disk: no UI to link to
     mlflow.set_tracking_uri("http://127.0.0.1:5000/")  # (the fixture sets it back)
     assert mlflow_run_url("abc", "7") == "http://127.0.0.1:5000/#/experiments/7/runs/abc"
+
+
+def test_the_cli_names_the_folder_the_spool_keeps_results_in():
+    """`mlcore`'s one-line note and `mlcore sync` look where a flow keeps what the store could
+    not take (the CLI names the folder without importing MLflow)."""
+    from flows.cli.sync import UNSENT
+    from tasks.tracking.spool import UNSENT_DIR
+
+    assert UNSENT == UNSENT_DIR
