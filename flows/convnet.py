@@ -15,7 +15,7 @@ from tasks.convnet import (
     train_convnet,
     training_started,
 )
-from tasks.data import fetch_dataset
+from tasks.data import fetch_cached
 from tasks.registry import majority_baseline
 
 D = CONVNET.defaults()
@@ -86,7 +86,7 @@ def convnet_training(
     )
     fresh = resume is None  # a new run: nothing logged yet to read back or check against
     with run as run_id:
-        path = fetch_dataset(dataset) if dataset in DATASETS else None  # digits ship with sklearn
+        path = fetch_cached(dataset) if dataset in DATASETS else None  # digits ship with sklearn
         data = load_images(dataset, num_train, run_id, path, verify=not fresh)
         num_classes = len(class_names(dataset))
         # a resumed run that checkpointed passed its gate before

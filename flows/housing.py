@@ -9,7 +9,7 @@ from prefect import flow
 
 from flows.experiments import HOUSING, nested_tags, register_best
 from tasks import tracking
-from tasks.data import fetch_dataset, load_split, log_dataset
+from tasks.data import fetch_cached, load_split, log_dataset
 from tasks.data import standardize as standardize_features
 from tasks.linear import evaluate, fit_model
 from tasks.registry import mean_baseline
@@ -50,7 +50,7 @@ def housing_regression(
     with tracking.parent_run(
         "housing", "housing_regression", call, tags=nested_tags(parent_run_id, run_tags)
     ) as run_id:
-        path = fetch_dataset(dataset)
+        path = fetch_cached(dataset)
         split = load_split(path, test_size, split_random_state, val_split)
         log_dataset(run_id, dataset, path, split)
         data, scaler = standardize_features(split, run_id, standardize)

@@ -154,10 +154,10 @@ def hyperparameter_sweep(
 def _prepare_data(exp_name: str, fixed: dict) -> None:
     """Download once, in this process, before the trials (their fetch then hits the cache)."""
     from mlcore.data import DATASETS
-    from tasks.data import fetch_dataset
+    from tasks.data import fetch_cached
 
     if fixed["dataset"] in DATASETS:
-        fetch_dataset(fixed["dataset"])
+        fetch_cached(fixed["dataset"])
 
 
 def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, Any]:

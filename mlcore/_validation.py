@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 
 
@@ -49,3 +52,20 @@ def check_n_features(est, X: np.ndarray) -> None:
             f"X has {X.shape[1]} features, but {type(est).__name__} was fitted with "
             f"{est.n_features_in_}"
         )
+
+
+def env_seconds(name: str, default: float, zero: bool = False, error=ValueError) -> float:
+    """A number of seconds from the environment variable ``name`` (``default`` when it is unset
+    or blank): finite and positive, or with ``zero`` 0 or more; anything else raises ``error``
+    naming the variable and its value."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+        kind = "number of seconds >= 0" if zero else "positive number of seconds"
+        raise error(f"{name}={text!r} is not a {kind}")
+    return value

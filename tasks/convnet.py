@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mlcore import metrics
+from mlcore._validation import env_seconds
 from mlcore.data.images import load_image_dataset
 from mlcore.nn import Solver, ThreeLayerConvNet, TrainingDiverged
 from mlcore.nn.checks import GradientCheckError, check_model
@@ -224,16 +225,7 @@ def checkpoint_seconds() -> float:
     """Seconds between two checkpoints of a training: ``$MLCORE_CHECKPOINT_SECONDS``, by
     default ``DEFAULT_CHECKPOINT_SECONDS``; 0 checkpoints every epoch. The last epoch is
     always checkpointed (``Solver``'s ``checkpoint_seconds``)."""
-    raw = os.environ.get("MLCORE_CHECKPOINT_SECONDS", "").strip()
-    if not raw:
-        return DEFAULT_CHECKPOINT_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"MLCORE_CHECKPOINT_SECONDS must be a number of seconds >= 0, got {raw!r}")
-    return value
+    return env_seconds("MLCORE_CHECKPOINT_SECONDS", DEFAULT_CHECKPOINT_SECONDS, zero=True)
 
 
 def checkpoint_dir(run_id: str) -> Path:

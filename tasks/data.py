@@ -19,14 +19,12 @@ SPLITS = ("train", "val", "test")
 
 
 def _fetch_cache_key(context, parameters) -> str:
-    """Cached on dataset name + sha256 (and the cache folder); a cached path whose file is
-    gone is not a hit."""
+    """Cached on dataset name + sha256 and the cache folder's path. Whether the file is still
+    there is `fetch_cached`'s to check (a key that changed with it would store the first
+    download's result under a key no later run computes)."""
     ds = get_dataset(parameters["name"])
     path = (data_dir() / ds.filename).resolve()
-    key = f"fetch-{ds.name}-{ds.sha256}-{path}"
-    if not path.is_file():
-        key += f"-missing-{np.random.default_rng().integers(1 << 62)}"
-    return hashlib.sha256(key.encode()).hexdigest()
+    return hashlib.sha256(f"fetch-{ds.name}-{ds.sha256}-{path}".encode()).hexdigest()
 
 
 def _is_network_error(task, task_run, state) -> bool:
@@ -53,8 +51,18 @@ def _is_network_error(task, task_run, state) -> bool:
     result_serializer="json",
 )
 def fetch_dataset(name: str) -> str:
-    """Download dataset ``name`` (or take it from the cache) and return its local path."""
+    """Download dataset ``name`` (or take it from the cache) and return its local path. Call
+    it through `fetch_cached`."""
     return str(fetch(name))
+
+
+def fetch_cached(name: str, **call):
+    """The fetch task, answered by Prefect's cache (state Cached) while the file it names is in
+    the cache folder; when the file is gone, the task runs and its cached result is refreshed
+    (Prefect's ``refresh_cache``). ``call``: the task call's own options (``return_state``)."""
+    ds = get_dataset(name)
+    missing = not (data_dir() / ds.filename).resolve().is_file()
+    return fetch_dataset.with_options(refresh_cache=missing)(name, **call)
 
 
 @task

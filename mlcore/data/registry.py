@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import pooch
 
+from mlcore._validation import env_seconds
+
 
 class DataError(ValueError):
     """A dataset could not be fetched or parsed; the message says which file and why."""
@@ -80,16 +82,7 @@ def get_dataset(name: str) -> Dataset:
 def download_timeout() -> float:
     """``MLCORE_DOWNLOAD_TIMEOUT`` in seconds (default 30): connect and read timeout of a
     download."""
-    text = os.environ.get("MLCORE_DOWNLOAD_TIMEOUT", "").strip()
-    if not text:
-        return DEFAULT_DOWNLOAD_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise DataError(f"MLCORE_DOWNLOAD_TIMEOUT={text!r} is not a positive number of seconds")
-    return value
+    return env_seconds("MLCORE_DOWNLOAD_TIMEOUT", DEFAULT_DOWNLOAD_TIMEOUT, error=DataError)
 
 
 def data_dir() -> Path:

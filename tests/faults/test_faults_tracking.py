@@ -60,15 +60,26 @@ def test_tracking_store_error_for_local_stores(tmp_path):
     )
 
 
-@pytest.fixture
-def mlflow_server(tmp_path, monkeypatch):
-    """A real ``mlflow server`` on a free loopback port, this test's tracking URI."""
+def _server(tmp_path: Path, log: str):
+    """A real ``mlflow server`` on a free loopback port over the test's database and artifacts
+    (a second one is the store come back after an outage), once it answers."""
     server = start_mlflow_server(
         port=free_port(), backend_uri=f"sqlite:///{tmp_path / 'server.db'}",
-        artifacts=tmp_path / "artifacts", log=tmp_path / "mlflow-server.log",
+        artifacts=tmp_path / "artifacts", log=tmp_path / log,
     )  # fmt: skip
     try:
         server.wait_healthy(180)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, monkeypatch):
+    """A real ``mlflow server`` on a free loopback port, this test's tracking URI."""
+    server = _server(tmp_path, "mlflow-server.log")
+    try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         # short client retries, as the CLI sets them
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -132,12 +143,8 @@ def test_server_stopped_mid_training_loses_nothing(prefect_harness, mlflow_serve
     assert (unsent / "artifacts" / "plots" / "training_curves.png").stat().st_size > 0
 
     # the store, back: what was sent before the stop is there, and the run is not FINISHED
-    again = start_mlflow_server(
-        port=free_port(), backend_uri=f"sqlite:///{tmp_path / 'server.db'}",
-        artifacts=tmp_path / "artifacts", log=tmp_path / "mlflow-server-2.log",
-    )  # fmt: skip
+    again = _server(tmp_path, "mlflow-server-2.log")
     try:
-        again.wait_healthy(180)
         client = MlflowClient(again.url)
         run = client.get_run(run_id)
         assert run.info.status == "RUNNING"  # ours is alive: the reaper leaves it
@@ -244,12 +251,8 @@ def test_tables_json_and_checkpoints_are_kept_when_the_server_is_gone(mlflow_ser
     # all into the runs, and the child run is created under its parent
     from tasks.tracking.sync import sync_folder, waiting
 
-    again = start_mlflow_server(
-        port=free_port(), backend_uri=f"sqlite:///{tmp_path / 'server.db'}",
-        artifacts=tmp_path / "artifacts", log=tmp_path / "mlflow-server-2.log",
-    )  # fmt: skip
+    again = _server(tmp_path, "mlflow-server-2.log")
     try:
-        again.wait_healthy(180)
         mlflow.set_tracking_uri(again.url)
         sent = {f.name: sync_folder(f) for f in waiting()}
         assert sent[table_run] == {"run_id": table_run, "runs": 2, "metrics": 1, "models": 0}

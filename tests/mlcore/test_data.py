@@ -8,7 +8,7 @@ from prefect import flow
 
 from mlcore.data import DataError, fetch, load_libsvm
 from mlcore.data.registry import PermanentDownloadError, get_dataset
-from tasks.data import fetch_dataset, load_split, standardize
+from tasks.data import fetch_cached, fetch_dataset, load_split, standardize
 
 HOUSING = get_dataset("housing_scale")
 
@@ -84,7 +84,7 @@ def test_refused_connection_is_a_clear_error(tmp_path, monkeypatch):
 def _fetch_run(served):
     """One run of the fetch task: its state's name, whether it completed, its path and the
     requests the server has seen so far."""
-    state = fetch_dataset("housing_scale", return_state=True)
+    state = fetch_cached("housing_scale", return_state=True)
     return state.name, state.is_completed(), state.result(), list(served.hits)
 
 
@@ -109,12 +109,6 @@ def test_fetch_dataset_task_is_cached_on_name_and_sha(served, prefect_harness, t
     assert path.is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: tasks/data.py's cache key marks a run whose file is not downloaded yet "
-    "as missing (a random key), so the result of the download is stored under a key no later "
-    "run computes; the next run runs again and only the one after it is Cached",
-)
 @pytest.mark.slow  # the session's Prefect server
 def test_fetch_dataset_task_run_right_after_the_download_is_cached(served, prefect_harness):
     @flow

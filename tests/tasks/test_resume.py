@@ -159,8 +159,8 @@ def test_a_bad_checkpoint_interval_is_refused_naming_the_variable(monkeypatch, r
     from tasks.convnet import checkpoint_seconds
 
     monkeypatch.setenv("MLCORE_CHECKPOINT_SECONDS", raw)
-    with pytest.raises(ValueError, match=rf"^MLCORE_CHECKPOINT_SECONDS must be a number of "
-                       rf"seconds >= 0, got '{raw}'$"):  # fmt: skip
+    with pytest.raises(ValueError, match=rf"^MLCORE_CHECKPOINT_SECONDS='{raw}' is not a number "
+                       rf"of seconds >= 0$"):  # fmt: skip
         checkpoint_seconds()
 
 
