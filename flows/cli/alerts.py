@@ -34,10 +34,26 @@ def alert_url(given: str | None) -> str | None:
 
 
 @friendly_errors
-def alerts(alert_url_: AlertUrl = None) -> None:
-    """Install (or update) the alert on the Prefect server at PREFECT_API_URL: a flow run of an
-    mlcore deployment that ends Failed, Crashed or TimedOut posts one message to the URL."""
+def alerts(
+    alert_url_: AlertUrl = None,
+    max_running: Annotated[
+        float | None,
+        typer.Option(
+            "--max-running",
+            help="Minutes after which a flow run still running is reported (default: "
+            "$MLCORE_ALERT_MAX_RUNNING_MINUTES, else 240).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Install (or update) the alerts on the Prefect server at PREFECT_API_URL: a flow run of an
+    mlcore deployment that ends Failed, Crashed or TimedOut, turns Late (no worker took it), is
+    still running after --max-running minutes, or made a model worse than its champion posts
+    one message to the URL."""
+    from flows.alerts import max_running_minutes
+
     url = alert_url(alert_url_)
+    minutes = max_running_minutes(max_running)
     if url is None:
         raise UsageError(f"give --alert-url URL or set {ALERT_URL_ENV}")
     if not os.environ.get("PREFECT_API_URL"):
@@ -46,7 +62,7 @@ def alerts(alert_url_: AlertUrl = None) -> None:
             "export its API address"
         )
     api_url = reachable_api(os.environ["PREFECT_API_URL"])
-    install(url, api_url)
+    install(url, api_url, minutes)
 
 
 def reachable_api(api_url: str) -> str:
@@ -64,13 +80,14 @@ def reachable_api(api_url: str) -> str:
     return api_url
 
 
-def install(url: str, api_url: str) -> None:
+def install(url: str, api_url: str, max_running: float | None = None) -> None:
     """Install the alerts on ``api_url`` and say so in one line."""
-    from flows.alerts import install_alerts
+    from flows.alerts import install_alerts, max_running_minutes
 
-    install_alerts(url, api_url)
+    minutes = max_running_minutes(max_running)
+    install_alerts(url, api_url, minutes)
     console.print(
-        f"alerts: failed flow runs of mlcore deployments and worse models -> {url} "
-        f"(Prefect API {api_url})",
+        f"alerts: failed, late and still-running (after {minutes:g} min) flow runs of mlcore "
+        f"deployments and worse models -> {url} (Prefect API {api_url})",
         soft_wrap=True,
     )

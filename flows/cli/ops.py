@@ -89,6 +89,10 @@ def server(
     from flows.stack import local_stack
 
     url = alert_url(alert_url_)
+    if url is not None:  # its window, refused before anything starts
+        from flows.alerts import max_running_minutes
+
+        max_running_minutes()
     for option, folder in (("--logs", logs), ("--artifacts", artifacts)):
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{option}: {folder} is a file, not a folder")

@@ -59,6 +59,10 @@ REFUSED = {
                               r"--logs: a-file is a file, not a folder$"),
     # both refused before Prefect is imported
     "alerts-without-url": (["alerts"], set(), r"give --alert-url URL or set MLCORE_ALERT_URL$"),
+    "alerts-window-too-short": (["alerts", "--alert-url", "http://127.0.0.1:9/hook",
+                                 "--max-running", "0.1"], set(),
+                                r"--max-running: 0.1 minutes is shorter than Prefect's least "
+                                r"window, 10 s$"),
     "server-alert-url-not-http": (["server", "--alert-url", "ftp://x"], set(),
                                   r"--alert-url: 'ftp://x' is not an http:// or https://"),
 }  # fmt: skip

@@ -104,6 +104,52 @@ def regressed_flow_run(env: dict, tmp_path: Path) -> dict:
     return {"run_id": run_id, "summary": summary, "flow_run": flow_run}
 
 
+HUNG_FLOW = """\
+import json, time
+from prefect import flow, tags
+from prefect.context import get_run_context
+
+
+@flow(name="hung")
+def hung():
+    run = get_run_context().flow_run
+    print(json.dumps({"id": str(run.id), "name": run.name}), flush=True)
+    time.sleep(600)
+
+
+with tags("mlcore"):
+    hung()
+"""
+
+
+def hung_flow_run(env: dict, tmp_path: Path) -> dict:
+    """A flow run tagged ``mlcore`` that never ends, in a process of its own (the caller kills
+    it); its process, id and name once it runs."""
+    (tmp_path / "hung.py").write_text(HUNG_FLOW)
+    cmd = [sys.executable, str(tmp_path / "hung.py")]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    line = proc.stdout.readline()
+    assert line, "the hung flow did not start"
+    return {"process": proc, **json.loads(line)}
+
+
+def unserved_late_run(served_deployment):
+    """A flow run, due a minute ago, of a deployment tagged ``mlcore`` that nothing serves."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    with get_client(sync_client=True) as client:
+        unserved = client.create_deployment(
+            flow_id=served_deployment.flow_id, name="unserved", tags=["mlcore"]
+        )
+        due = datetime.now(timezone.utc) - timedelta(minutes=1)
+        return client.create_flow_run_from_deployment(unserved, state=Scheduled(scheduled_time=due))
+
+
 def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -151,9 +197,10 @@ def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
         )  # fmt: skip
         assert installed.returncode == 0, installed.stdout
-        assert f"alerts: failed flow runs of mlcore deployments and worse models -> {url}" in (
-            installed.stdout
-        )
+        assert (
+            "alerts: failed, late and still-running (after 240 min) flow runs of mlcore "
+            f"deployments and worse models -> {url}"
+        ) in installed.stdout
 
         with temporary_settings(updates={PREFECT_API_URL: prefect.url}):
             # a second install changes nothing but the block's and automation's contents
@@ -196,12 +243,32 @@ def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
         regressed_experiment = store.get_run(regressed["run_id"]).info.experiment_id
         with urllib.request.urlopen(mlflow_server.url, timeout=30) as page:  # the UI itself
             ui_page = page.status, page.headers.get_content_type()
+
+        # runs that never start or never end: a run of a deployment nothing serves, due a
+        # minute ago (Prefect's late-runs service marks it Late), and a flow run tagged
+        # mlcore still running after the window (0.2 min here: Prefect's least is 10 s)
+        with temporary_settings(updates={PREFECT_API_URL: prefect.url}):
+            install_alerts(url, max_running=0.2)
+            late_run = unserved_late_run(dep)
+        hung = hung_flow_run(env, tmp_path)
+        try:
+            wait_for(lambda: len(received) > 3, 120, "late and still-running messages", prefect)
+        finally:
+            hung["process"].kill()
+            hung["process"].wait(30)
+        time.sleep(3)
     finally:
         with ThreadPoolExecutor() as pool:  # all at once: each takes seconds to stop
             servers = [s for s in (served, prefect, mlflow_server) if s is not None]
             list(pool.map(Server.stop, servers))
 
-    assert len(received) == 2, received
+    assert len(received) == 4, received
+    late, still = sorted((r["text"] for r in received[2:]), key=lambda t: "still" in t)
+    assert late.startswith("mlcore: unserved is late\nNot started: no worker picked it up"), late
+    assert f"Flow run: {late_run.name} ({late_run.id})\nMLflow run: (none recorded)\n" in late
+    assert "State: Late\n" in late
+    assert still.startswith("mlcore:  still running\nStill running after 0.2 min"), still
+    assert f"Flow run: {hung['name']} ({hung['id']})\n" in still and "State: Running" in still
     text = received[1]["text"]
     assert text.startswith("mlcore: housing-regressor regressed\n"), text
     assert f"Regression: {regressed['summary']}\n" in text
