@@ -277,6 +277,15 @@ HOUSING = Experiment(
             "printed ridge errors).",
             data=True,
         ),
+        Param(
+            "refresh_data",
+            bool,
+            False,
+            "Run the data steps (fetch, split, standardize) again instead of taking the "
+            "results Prefect cached from an earlier run on the same file and code.",
+            option="--refresh",
+            data=True,
+        ),
     ],
     metrics={
         "best_val_mae": False,

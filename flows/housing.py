@@ -9,7 +9,7 @@ from prefect import flow
 
 from flows.experiments import HOUSING, nested_tags, register_best
 from tasks import tracking
-from tasks.data import fetch_cached, load_split, log_dataset
+from tasks.data import fetch_cached, load_split, log_dataset, log_feature_stats, refreshed
 from tasks.data import standardize as standardize_features
 from tasks.linear import evaluate, fit_model
 from tasks.registry import mean_baseline
@@ -31,6 +31,7 @@ def housing_regression(
     split_random_state: int = D["split_random_state"],
     val_split: float = D["val_split"],
     standardize: bool = D["standardize"],
+    refresh_data: bool = D["refresh_data"],
     parent_run_id: str | None = None,
     run_tags: dict[str, str] | None = None,
     registry: bool = True,
@@ -38,6 +39,9 @@ def housing_regression(
     """fetch -> split -> standardize (train only) -> fit OLS, ridge per alpha and SGD per
     (lr, epochs) in parallel (the kinds in ``models``) -> evaluate each on train/val/test ->
     best by validation MAE -> register it.
+
+    The data steps (fetch, split, standardize) are cached across runs by Prefect
+    (tasks.data); ``refresh_data`` runs them again.
 
     ``standardize=False`` fits on the features as downloaded (housing_scale is already in
     [-1, 1]): the course notebook's printed ridge errors are those of that fit.
@@ -50,10 +54,11 @@ def housing_regression(
     with tracking.parent_run(
         "housing", "housing_regression", call, tags=nested_tags(parent_run_id, run_tags)
     ) as run_id:
-        path = fetch_cached(dataset)
-        split = load_split(path, test_size, split_random_state, val_split)
+        path = fetch_cached(dataset, refresh=refresh_data)
+        split = refreshed(load_split, refresh_data)(path, test_size, split_random_state, val_split)
         log_dataset(run_id, dataset, path, split)
-        data, scaler = standardize_features(split, run_id, standardize)
+        data, scaler = refreshed(standardize_features, refresh_data)(split, standardize)
+        log_feature_stats(run_id, split, data, standardize)
         configs = [("ols", {})] if "ols" in models else []
         configs += [("ridge", {"alpha": a}) for a in alphas if "ridge" in models]
         configs += [

@@ -134,3 +134,37 @@ def test_parallel_model_logging_leaves_no_mlflow_mock_behind(flow_result):
     from mlflow.models.utils import MockDbutils
 
     assert not isinstance(sys.modules.get("dbutils"), MockDbutils)
+
+
+def task_states(flow_run_id: str) -> dict[str, str]:
+    """The state of each task run of a flow run in the Prefect API, by task name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+def test_the_data_steps_of_a_second_run_are_cached_and_refresh_runs_them(
+    prefect_harness, data_env, mlflow_store
+):
+    args = {"models": ["ridge"], "alphas": [1.0], "registry": False}
+    results = [housing_regression(**args), housing_regression(**args),
+               housing_regression(**args, refresh_data=True)]  # fmt: skip
+    client = MlflowClient()
+    runs = [client.get_run(r["run_id"]) for r in results]
+    states = [task_states(r.data.tags["prefect.flow_run_id"]) for r in runs]
+    steps = ("fetch_dataset", "load_split", "standardize")
+    assert [states[1][s] for s in steps] == ["Cached"] * 3, states[1]
+    assert [states[2][s] for s in steps] == ["Completed"] * 3, states[2]
+    assert states[1]["log_feature_stats"] == "Completed"  # logged to each run, never cached
+    # the same data, recorded the same way, and the same fit
+    assert len({r.data.tags["data.sha256"] for r in runs}) == 1
+    assert len({r.data.metrics["best_val_mae"] for r in runs}) == 1
+    assert all(
+        "feature_stats.csv" in {a.path for a in client.list_artifacts(r.info.run_id)} for r in runs
+    )
+    assert runs[2].data.params["refresh_data"] == "True"

@@ -30,9 +30,12 @@ def children(client, run_id):
 
 
 def logged_models(run_id: str) -> list:
+    """The models logged by the run, which belong to the run's experiment."""
+    experiment = mlflow.get_run(run_id).info.experiment_id
     return mlflow.search_logged_models(
-        filter_string=f"source_run_id = '{run_id}'", output_format="list"
-    )
+        experiment_ids=[experiment], filter_string=f"source_run_id = '{run_id}'",
+        output_format="list",
+    )  # fmt: skip
 
 
 def params_of(model_uri: str) -> dict:

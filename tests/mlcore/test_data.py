@@ -1,6 +1,7 @@
 """The download layer for real: a loopback HTTP server serving the real housing_scale file."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +241,40 @@ def test_a_bad_download_timeout_is_a_clear_error(served, monkeypatch, value):
     with pytest.raises(DataError, match=f"MLCORE_DOWNLOAD_TIMEOUT='{value}' is not a positive"):
         fetch("housing_scale")
     assert served.hits == []
+
+
+@pytest.mark.slow  # the session's Prefect server
+def test_a_changed_file_or_changed_code_misses_the_split_cache(
+    prefect_harness, shared_data, tmp_path, monkeypatch
+):
+    """The split is cached on the file's content and the code that parses and splits it: the
+    same file is a hit, one changed value a miss, a changed source of mlcore.data.libsvm a miss,
+    and the result read back is the arrays the task computed (an .npz, nothing pickled)."""
+    import mlcore.data.libsvm
+
+    path = tmp_path / "housing_scale"
+    # a label no other test uses, so that the first run cannot hit another test's result
+    unique = f"{24 + np.random.default_rng().random():.9f} "
+    path.write_text((shared_data / "housing_scale").read_text().replace("24 ", unique, 1))
+    code = tmp_path / "libsvm.py"
+    code.write_text(Path(mlcore.data.libsvm.__file__).read_text() + "\n# changed\n")
+
+    def split():
+        state = load_split(str(path), return_state=True)
+        return state.name, state.result()
+
+    @flow
+    def split_five_times():
+        seen = [split(), split()]
+        path.write_text(path.read_text().replace(unique, "25 ", 1))  # one value changed
+        seen.append(split())
+        monkeypatch.setattr(mlcore.data.libsvm, "__file__", str(code))  # the code changed
+        seen += [split(), split()]
+        return seen
+
+    seen = split_five_times()
+    assert [name for name, _ in seen] == ["Completed", "Cached", "Completed", "Completed", "Cached"]
+    for name in ("X_train", "y_train", "X_test"):
+        np.testing.assert_array_equal(seen[0][1][name], seen[1][1][name])
+    labels = [sum(result[f"y_{k}"].sum() for k in ("train", "val", "test")) for _, result in seen]
+    assert labels[2] == pytest.approx(labels[0] - float(unique) + 25)  # the changed label

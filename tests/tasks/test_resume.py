@@ -77,8 +77,9 @@ def results(run) -> dict[str, float]:
 def model_params(run_id: str) -> dict[str, np.ndarray]:
     """The weights of the model logged to ``run_id``, read back from MLflow."""
     [logged] = mlflow.search_logged_models(
-        filter_string=f"source_run_id = '{run_id}'", output_format="list"
-    )
+        experiment_ids=[mlflow.get_run(run_id).info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}'", output_format="list",
+    )  # fmt: skip
     return mlflow.pyfunc.load_model(logged.model_uri).unwrap_python_model().model.params
 
 
@@ -93,7 +94,8 @@ def test_a_diverging_run_fails_with_its_reason_and_registers_nothing(
     [run] = only_run()
     assert run.info.status == "FAILED"
     assert run.data.tags["mlcore.error"] == result.output.strip().removeprefix("error: ")
-    assert mlflow.search_logged_models(output_format="list") == []
+    everywhere = [e.experiment_id for e in MlflowClient().search_experiments()]
+    assert mlflow.search_logged_models(experiment_ids=everywhere, output_format="list") == []
     assert MlflowClient().search_registered_models() == []
     assert "test_acc" not in run.data.metrics
     assert not checkpoint_dir(run.info.run_id).exists()  # it failed before any checkpoint
