@@ -45,12 +45,12 @@ def sync(
     if not found:
         console.print(f"nothing to send: {folder} holds no run's folder")
         return
-    failed = []
+    failed = 0
     for where in found:
         try:
             sent = sync_folder(where)
         except Exception as exc:  # noqa: BLE001 - one run's failure leaves the others to send
-            failed.append(f"{where.name}: {error_line(exc)}")
+            failed += 1
             print(f"{where.name}: not sent (kept): {error_line(exc)}", file=sys.stderr)
             continue
         console.print(
@@ -58,4 +58,6 @@ def sync(
             f"{sent['metrics']} metric point(s)", soft_wrap=True,
         )  # fmt: skip
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(found)} kept here; first: {failed[0]}")
+        raise RuntimeError(
+            f"{failed} of {len(found)} folder(s) not sent, kept in {folder} (why: above)"
+        )
