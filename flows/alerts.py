@@ -26,7 +26,9 @@ ALERT_TAG = "mlcore"
 BLOCK_NAME = "mlcore-alerts"
 AUTOMATION_NAME = "mlcore: a deployment's flow run failed"
 FAILED_STATES = ("Failed", "Crashed", "TimedOut")
-SUBJECT = "mlcore: {{ deployment.name }} {{ flow_run.state.name }}"
+# the deployment's name, or the flow's for a tagged run of no deployment
+NAME = "{{ deployment.name if deployment else flow.name }}"
+SUBJECT = f"mlcore: {NAME} {{{{ flow_run.state.name }}}}"
 
 # the last line of a message when the MLflow store is no server (no UI to link to)
 NO_MLFLOW_URL = "no link: the MLflow store is on the machine that ran it (`mlcore ui` there)"
@@ -61,10 +63,10 @@ MLflow: {{ event.payload.run_url or "__NO_MLFLOW__" }}""".replace("__NO_MLFLOW__
 
 # A run that never starts, or never ends
 LATE_AUTOMATION_NAME = "mlcore: a scheduled run is late"
-LATE_SUBJECT = "mlcore: {{ deployment.name }} is late"
+LATE_SUBJECT = f"mlcore: {NAME} is late"
 LATE_BODY = "Not started: no worker picked it up (is the worker running? the pool paused?)\n" + BODY
 RUNNING_AUTOMATION_NAME = "mlcore: a flow run is still running"
-RUNNING_SUBJECT = "mlcore: {{ deployment.name }} still running"
+RUNNING_SUBJECT = f"mlcore: {NAME} still running"
 RUNNING_BODY = "Still running after __WINDOW__ (no end yet: hung? too slow?)\n" + BODY
 MAX_RUNNING_ENV = "MLCORE_ALERT_MAX_RUNNING_MINUTES"
 DEFAULT_MAX_RUNNING_MINUTES = 240.0

@@ -267,7 +267,7 @@ def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
     assert late.startswith("mlcore: unserved is late\nNot started: no worker picked it up"), late
     assert f"Flow run: {late_run.name} ({late_run.id})\nMLflow run: (none recorded)\n" in late
     assert "State: Late\n" in late
-    assert still.startswith("mlcore:  still running\nStill running after 0.2 min"), still
+    assert still.startswith("mlcore: hung still running\nStill running after 0.2 min"), still
     assert f"Flow run: {hung['name']} ({hung['id']})\n" in still and "State: Running" in still
     text = received[1]["text"]
     assert text.startswith("mlcore: housing-regressor regressed\n"), text
