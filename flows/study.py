@@ -43,10 +43,8 @@ def _download(run_id: str, path: Path) -> None:
 
 def logged_trials(run_id: str) -> list[optuna.trial.FrozenTrial]:
     """The trials of the study logged with the sweep's run ``run_id``."""
-    with tempfile.TemporaryDirectory(prefix="mlcore-study-") as folder:
-        path = Path(folder) / "study.journal"
-        _download(run_id, path)
-        study = optuna.load_study(study_name=STUDY_NAME, storage=_storage(path))
+    with journal(run_id, resuming=True) as book:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=book.storage)
         return study.get_trials(deepcopy=False)
 
 
