@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import typer
 from rich.markup import escape
@@ -84,16 +85,29 @@ def _catch_signals():
     """SIGTERM, SIGINT and SIGHUP (a closed terminal) raise ``tasks.killed.RunKilled`` in
     the main thread: the flow's run ends KILLED (``tracking.end_run``) and the command exits.
     A second signal while that happens exits at once (the started servers' watchdogs stop
-    them). Returns a function restoring the previous handlers."""
+    them). A signal that lands inside a call into the tracking database is raised once the
+    call returned (at most ``DEFER_S`` later). Returns a function restoring the previous
+    handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     from tasks.killed import RunKilled
 
     received: list[int] = []
+    deferred = {"since": None, "timer": None}
+    main = threading.main_thread().ident
 
     def handler(signum, frame):
         if received:
             os._exit(128 + signum)
+        now = time.monotonic()
+        if in_database_call(frame) and now - (deferred["since"] or now) < DEFER_S:
+            # raised inside SQLAlchemy, the exception could leave a connection holding the
+            # database's lock, and every later write (the run's KILLED status) would wait
+            # for it in vain: the same signal again once the call returned
+            deferred["since"] = deferred["since"] or now
+            deferred["timer"] = threading.Timer(0.02, signal.pthread_kill, (main, signum))
+            deferred["timer"].start()
+            return
         received.append(signum)
         raise RunKilled(signum)
 
@@ -105,10 +119,28 @@ def _catch_signals():
     }
 
     def restore():
+        if deferred["timer"] is not None:
+            deferred["timer"].cancel()
         for sig, old in previous.items():
             signal.signal(sig, old)
 
     return restore
+
+
+# how long a signal waits for a call into the tracking database to return (a lock's busy wait
+# can be 20 s: MLflow's SQLite ``busy_timeout``)
+DEFER_S = 30.0
+DATABASE_MODULES = ("sqlalchemy.", "sqlite3", "mlflow.store.", "psycopg", "pymysql", "alembic.")
+
+
+def in_database_call(frame) -> bool:
+    """Whether ``frame`` (where a signal landed) is inside a call into a database driver or
+    MLflow's SQL store."""
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith(DATABASE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def preflight(flows: bool = False, scheduler: bool = False):

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
+import typer
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -173,6 +174,43 @@ def test_a_run_its_flow_could_not_end_is_ended_by_the_command(
     assert result.exit_code == 128 + signal.SIGINT, result.output
     run = MlflowClient().get_run(seen["run_id"])
     assert run.info.status == "KILLED" and run.data.tags["mlcore.error"] == "killed by SIGINT"
+
+
+def test_a_signal_inside_a_database_write_lands_once_the_write_is_done(mlflow_store):
+    """A signal raised inside SQLAlchemy could leave a connection holding SQLite's lock, and
+    the run's KILLED status then waits for it in vain (MLflow's 20 s busy timeout, twice,
+    and the run stays RUNNING): the CLI's handler lets the write finish, then stops the
+    command. Here a real SIGTERM arrives while the tag's INSERT is being executed."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from flows.cli.errors import friendly_errors
+
+    run_id = MlflowClient().create_run(tracking.experiment_id("faults")).info.run_id
+    fired = []
+
+    def sigterm_in_the_insert(conn, cursor, statement, *args):
+        if not fired and statement.lstrip().upper().startswith("INSERT INTO TAGS"):
+            fired.append(statement)
+            signal.raise_signal(signal.SIGTERM)  # its handler runs inside SQLAlchemy's frames
+
+    @friendly_errors
+    def command():
+        tracking.mark_process(run_id)
+        tracking.set_tags(run_id, {"written": "yes"})
+        time.sleep(30)  # the signal lands here, not in the write
+        raise AssertionError("the SIGTERM never stopped the command")
+
+    event.listen(Engine, "before_cursor_execute", sigterm_in_the_insert)
+    try:
+        with pytest.raises(typer.Exit) as stopped:
+            command()
+    finally:
+        event.remove(Engine, "before_cursor_execute", sigterm_in_the_insert)
+    assert fired and stopped.value.exit_code == 128 + signal.SIGTERM
+    run = MlflowClient().get_run(run_id)
+    assert run.data.tags["written"] == "yes"
+    assert run.info.status == "KILLED" and run.data.tags["mlcore.error"] == "killed by SIGTERM"
 
 
 def test_sigkill_leaves_no_process_and_the_next_command_reaps_the_run(tmp_path, monkeypatch):
