@@ -2,7 +2,7 @@
 on three paths.
 
     python -m bench.paths [--rounds 3] [--epochs 20] [--paths worker,cli,plain,control]
-                          [--quick] [--out bench/results]
+                          [--quick] [--out bench/results] [--prefect-home DIR]
 
 The paths, each trained with the digits defaults of ``flows/experiments.py`` (seed 0, adam):
 
@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,11 @@ def parse_args(argv=None):
     )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="1 round, 3 epochs (smoke test)")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for paths.json/.md")
+    p.add_argument(
+        "--prefect-home", type=Path, default=None,
+        help="a PREFECT_HOME whose database the CLI path's Prefect server copies (e.g. one\n"
+        "already migrated: its first start then skips the migrations); default: a new one",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.epochs = 1, 3
@@ -461,7 +467,10 @@ def main(argv=None) -> None:
                 if p == "worker":
                     runs[p] = worker.run(args.epochs, folder)
                 elif p == "cli":
-                    runs[p] = run_cli(base, args.epochs, folder, workdir / "prefect-home-cli")
+                    home = workdir / "prefect-home-cli"
+                    if args.prefect_home is not None and not home.exists():
+                        shutil.copytree(args.prefect_home, home)
+                    runs[p] = run_cli(base, args.epochs, folder, home)
                 else:
                     folder.mkdir()
                     runs[p] = run_plain(base, args.epochs, folder)

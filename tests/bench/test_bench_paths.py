@@ -23,6 +23,7 @@ from bench.paths import (
     user_env,
 )
 from flows.cli.process import ENVIRONMENT_DEFAULTS as CLI_DEFAULTS
+from tests.conftest import prefect_home
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,7 +151,7 @@ def test_quick_run_of_the_plain_script_and_the_cli(tmp_path):
     env |= {"OPENBLAS_CORETYPE": "Haswell", "OMP_DISPLAY_ENV": "false"}
     proc = subprocess.run(
         [sys.executable, "-m", "bench.paths", "--quick", "--paths", "plain,cli",
-         "--out", str(tmp_path)],
+         "--out", str(tmp_path), "--prefect-home", str(prefect_home(tmp_path / "ph"))],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr

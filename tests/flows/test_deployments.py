@@ -1,6 +1,10 @@
-"""Deployments for real: a Prefect server and an MLflow server on free loopback ports, the
-deployments of prefect.yaml, a process worker, a run triggered by the CLI and found again
-through MLflow's REST API -- once on SQLite, once on a throw-away PostgreSQL cluster."""
+"""Deployments for real: a Prefect server and an MLflow server on free loopback ports (on a
+throw-away PostgreSQL cluster), the deployments of prefect.yaml, a process worker, a run
+triggered by the CLI and found again through MLflow's REST API, and a schedule due every
+minute run by the worker. The same route on SQLite (the default of ``mlcore server``) runs in
+tests/flows/test_alerts.py (a Prefect server with its services, deployments, failed and
+regressed runs) and tests/flows/test_sweep_team.py (``mlcore server``); ``mlcore serve`` alone
+is the last test here."""
 
 from __future__ import annotations
 
@@ -95,14 +99,6 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backends(request, tmp_path):
-    if request.param == "sqlite":
-        return None, f"sqlite:///{tmp_path / 'mlflow.db'}"
-    pg = request.getfixturevalue("postgres")
-    return f"postgresql+asyncpg://{pg}/prefect", f"postgresql://{pg}/mlflow"
-
-
 def test_prefect_yaml_declares_every_flow():
     found = {d["full_name"]: d for d in declared_deployments()}
     assert set(found) == set(EXPECTED)
@@ -111,8 +107,27 @@ def test_prefect_yaml_declares_every_flow():
         assert found[name]["work_pool"]["name"] == "mlcore-local"
 
 
-def test_deploy_trigger_and_find_the_run(backends, tmp_path, shared_data):
-    prefect_db, mlflow_backend = backends
+def every_minute(tmp_path: Path) -> Path:
+    """prefect.yaml with the gradient check's schedule due every minute (two small layers)."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    gradcheck = next(d for d in spec["deployments"] if d["name"] == "daily")
+    gradcheck["schedules"] = [{"cron": "* * * * *", "timezone": "UTC"}]
+    gradcheck["parameters"]["layers"] = ["affine", "relu"]
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "prefect.yaml"
+
+
+def test_deploy_trigger_and_find_the_run(postgres, tmp_path, shared_data):
+    """The team route: servers, a work pool, ``prefect deploy --all``, a process worker; a run
+    triggered by ``mlcore trigger`` and one its schedule (every minute here) made, each
+    COMPLETED with a FINISHED MLflow run."""
+    prefect_db, mlflow_backend = (
+        f"postgresql+asyncpg://{postgres}/prefect",
+        f"postgresql://{postgres}/mlflow",
+    )
+    expected = {**EXPECTED, "gradient_check/daily": "* * * * *"}
     with local_stack(
         prefect_db=prefect_db, mlflow_backend=mlflow_backend, artifacts=tmp_path / "artifacts",
         logs=tmp_path / "logs", home=prefect_home(tmp_path / "prefect-home"),
@@ -126,6 +141,7 @@ def test_deploy_trigger_and_find_the_run(backends, tmp_path, shared_data):
             "MLCORE_DATA_DIR": str(tmp_path / "raw"),
             "MLCORE_PROJECT_DIR": str(REPO),
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
         }
 
         def cli(*args, check=True, timeout=600):
@@ -136,13 +152,14 @@ def test_deploy_trigger_and_find_the_run(backends, tmp_path, shared_data):
             return done
 
         cli(str(BIN / "prefect"), "work-pool", "create", "mlcore-local", "--type", "process")
-        cli(str(BIN / "prefect"), "--no-prompt", "deploy", "--all")
+        cli(str(BIN / "prefect"), "--no-prompt", "deploy", "--all",
+            "--prefect-file", str(every_minute(tmp_path)))  # fmt: skip
 
         deployments = post_json(f"{prefect_srv.url}/deployments/filter", {})
         flows = {f["id"]: f["name"] for f in post_json(f"{prefect_srv.url}/flows/filter", {})}
         by_name = {f"{flows[d['flow_id']]}/{d['name']}": d for d in deployments}
-        assert set(by_name) == set(EXPECTED)
-        for name, cron in EXPECTED.items():
+        assert set(by_name) == set(expected)
+        for name, cron in expected.items():
             crons = [s["schedule"]["cron"] for s in by_name[name]["schedules"]]
             assert crons == ([cron] if cron else []), name
             assert by_name[name]["work_pool_name"] == "mlcore-local"
@@ -166,6 +183,18 @@ def test_deploy_trigger_and_find_the_run(backends, tmp_path, shared_data):
                 "--set", "alphas=1e-4,1.0", "--set", "sgd_lrs=0.01", "--set", "sgd_epochs=[30]",
                 "--timeout", "600",
             )  # fmt: skip
+            # the every-minute schedule: the server's scheduler made its runs, the worker runs
+            # one when due
+            scheduled = {"deployments": {"id": {"any_": [by_name["gradient_check/daily"]["id"]]}}}
+            deadline, done = time.monotonic() + 240, []
+            while not done:
+                assert worker.poll() is None and time.monotonic() < deadline, (
+                    tmp_path / "worker.log"
+                ).read_text()
+                time.sleep(2)
+                runs = post_json(f"{prefect_srv.url}/flow_runs/filter", scheduled)
+                assert not [r for r in runs if r["state"]["type"] in ("FAILED", "CRASHED")], runs
+                done = [r for r in runs if r["state"]["type"] == "COMPLETED"]
         finally:
             Server("worker", "", "", worker, tmp_path / "worker.log").stop()
             worker_log.close()
@@ -184,6 +213,15 @@ def test_deploy_trigger_and_find_the_run(backends, tmp_path, shared_data):
         assert params["alphas"] == "0.0001,1.0" and params["sgd_epochs"] == "30"
         metrics = {m["key"] for m in mlflow_run["data"]["metrics"]}
         assert {"best_val_mae", "best_test_mae"} <= metrics
+        assert done[0]["auto_scheduled"] is True
+        found = post_json(
+            f"{mlflow_srv.url}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [_experiment_id(mlflow_srv.url, "gradcheck")],
+             "filter": f"tags.`prefect.flow_run_id` = '{done[0]['id']}'"},
+        )["runs"]  # fmt: skip
+        assert [r["info"]["status"] for r in found] == ["FINISHED"]
+        params = {p["key"]: p["value"] for p in found[0]["data"]["params"]}
+        assert params["layers"] == "affine,relu"
 
 
 def _experiment_id(url: str, name: str) -> str:
@@ -197,14 +235,9 @@ def test_mlcore_serve_alone_runs_an_every_minute_schedule(tmp_path):
     """`mlcore serve` with no Prefect server of the user's: it starts one with its scheduler,
     serves every deployment of the file it is given (no work pool), and a schedule due every
     minute produces a COMPLETED flow run whose MLflow run is FINISHED. SIGTERM stops both."""
-    import yaml
     from mlflow import MlflowClient
 
-    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    gradcheck = next(d for d in spec["deployments"] if d["name"] == "daily")
-    gradcheck["schedules"] = [{"cron": "* * * * *", "timezone": "UTC"}]
-    gradcheck["parameters"]["layers"] = ["affine", "relu"]
-    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(spec))
+    every_minute(tmp_path)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env |= {"PREFECT_HOME": str(prefect_home(tmp_path / "ph")), "MLFLOW_TRACKING_URI": store}

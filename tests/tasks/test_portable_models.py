@@ -144,9 +144,14 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
-@pytest.mark.parametrize("kind", ["linear", "convnet"])
-def test_the_model_predicts_in_a_fresh_venv_outside_the_project(fresh_venv, logged_models, kind):
-    model = logged_models[kind]
+def test_the_models_predict_in_a_fresh_venv_outside_the_project(fresh_venv, logged_models):
+    """Both kinds in one test: they share the fresh venv (the slow part), which pytest-xdist
+    would otherwise build once per worker."""
+    for kind in ("linear", "convnet"):
+        _predicts_outside(fresh_venv, logged_models[kind], kind)
+
+
+def _predicts_outside(fresh_venv, model, kind: str) -> None:
     cwd = fresh_venv["cwd"]
     assert tracking.PROJECT_DIR not in cwd.parents
     no_mlcore = subprocess.run(
