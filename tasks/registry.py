@@ -10,12 +10,9 @@ looks better on easier data.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import mlflow
 import numpy as np
@@ -23,6 +20,7 @@ from prefect import task
 
 from tasks import tracking
 from tasks.errors import error_line
+from tasks.promotion_lock import promotion_lock
 from tasks.tracking import PYFUNC_DIR
 
 CHAMPION = "champion"
@@ -126,7 +124,7 @@ def register_model(
     tags = {metric: repr(value), "data_key": data_key, "flow_run_id": run_id}
     version = str(mlflow.register_model(model_uri, name, tags=tags).version)
     client = tracking.client()
-    with promotion_lock(mlflow.get_tracking_uri()):
+    with promotion_lock(mlflow.get_tracking_uri(), name):
         holder = client.get_registered_model(name).aliases.get(CHAMPION)
         promoted, reason = _should_promote(
             client, name, holder, metric, value, higher_is_better, data_key
@@ -217,48 +215,6 @@ def signal_regression(run_id: str, name: str, regressed: dict[str, Any]) -> None
         )  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - the tag above holds the signal already
         print(f"regression event not sent: {error_line(exc)}")
-
-
-@contextlib.contextmanager
-def promotion_lock(tracking_uri: str) -> Iterator[None]:
-    """An exclusive lock around read-compare-move of the ``champion`` alias.
-
-    For a store on this machine's disk (``sqlite:///path`` or a ``file:`` / plain path) it is
-    an ``fcntl`` lock on a file beside the store (``<db>.registry.lock``), held by every process
-    that promotes into that store. A server store (``http(s)://``, a database server) offers
-    clients no lock and its REST API has no compare-and-set of an alias: there the lock is a
-    file in this machine's temporary folder named after the URI, which serialises the
-    promotions of this machine's processes only (see docs/tracking.md)."""
-    path = lock_path(tracking_uri)
-    if path is None:
-        yield
-        return
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def lock_path(tracking_uri: str) -> Path | None:
-    parts = urlsplit(tracking_uri)
-    if parts.scheme == "sqlite":
-        db = tracking.sqlite_path(tracking_uri)
-        if db is None:
-            return None  # a private in-memory store: nothing to share
-        return Path(db).with_name(Path(db).name + ".registry.lock")
-    if parts.scheme in ("", "file"):
-        root = Path(parts.path if parts.scheme else tracking_uri)
-        return root / ".registry.lock"
-    import hashlib
-    import tempfile
-
-    digest = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"mlcore-registry-{digest}.lock"
 
 
 def _should_promote(

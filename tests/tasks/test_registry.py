@@ -11,13 +11,14 @@ from mlflow import MlflowClient
 from flows.convnet import convnet_training
 from flows.experiments import CONVNET
 from flows.housing import housing_regression
+from flows.stack import free_port, start_mlflow_server
 from mlcore.linear import RidgeRegression
 from mlcore.preprocessing import Standardizer
 from tasks import tracking
+from tasks.promotion_lock import LOCK_PREFIX, lock_path, promotion_lock, store_lock
 from tasks.registry import (
     convnet_data_key,
     housing_data_key,
-    lock_path,
     majority_baseline,
     mean_baseline,
     register_model,
@@ -294,9 +295,12 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_concurrent_promotions_leave_one_consistent_champion(logged, mlflow_store, tmp_path):
-    """Four processes register at the same instant against one SQLite store: the promotions
-    form one chain of strict wins and the alias ends on the best version."""
+def test_concurrent_promotions_leave_one_consistent_champion(
+    logged, mlflow_store, tmp_path, request
+):
+    """Four processes register at the same instant through one MLflow server, as on four
+    machines (each its own temporary folder and home: no file is shared): the promotions form
+    one chain of strict wins, the alias ends on the best version, and no lock is left."""
     import json
     import os
     import subprocess
@@ -307,11 +311,22 @@ def test_concurrent_promotions_leave_one_consistent_champion(logged, mlflow_stor
     go = tmp_path / "go"
     experiment = tracking.experiment_id("race")
     runs = [tracking.client().create_run(experiment).info.run_id for _ in values]  # one a flow
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": mlflow_store,
-        "PYTHONPATH": str(tracking.PROJECT_DIR),
-    }
+    server = start_mlflow_server(
+        port=free_port(), backend_uri=mlflow_store, artifacts=tmp_path / "mlartifacts",
+        log=tmp_path / "mlflow-server.log",
+    )  # fmt: skip
+    request.addfinalizer(server.stop)
+    server.wait_healthy(180)
+
+    def machine(i: int) -> dict[str, str]:  # a folder of its own for each: no shared file
+        own = tmp_path / f"machine-{i}"
+        (own / "tmp").mkdir(parents=True)
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+            "MLFLOW_TRACKING_URI": server.url, "PYTHONPATH": str(tracking.PROJECT_DIR),
+            "TMPDIR": str(own / "tmp"), "HOME": str(own),
+        }  # fmt: skip
+
     procs = [
         subprocess.Popen(
             [
@@ -324,8 +339,8 @@ def test_concurrent_promotions_leave_one_consistent_champion(logged, mlflow_stor
                 runs[i],
                 str(tmp_path / f"ready-{i}"),
             ],
-            env=env,
-            cwd=tmp_path,
+            env=machine(i),
+            cwd=tmp_path / f"machine-{i}",
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -367,6 +382,7 @@ def test_concurrent_promotions_leave_one_consistent_champion(logged, mlflow_stor
         link = beaten[link]
         chain.append(link)
     assert set(chain) == set(promoted) and chain[-1] == champion
+    assert [m.name for m in client.search_registered_models()] == ["race"]  # the lock is gone
     for r, run_id in zip(results, runs, strict=True):  # each flow's run says what it got
         tags = client.get_run(run_id).data.tags
         assert (tags["registered_version"], tags["champion"]) == (
@@ -379,15 +395,58 @@ def test_concurrent_promotions_leave_one_consistent_champion(logged, mlflow_stor
 
 
 def test_the_promotion_lock_sits_beside_a_local_store(tmp_path):
-    import tempfile
-
     assert lock_path(f"sqlite:///{tmp_path}/mlflow.db") == tmp_path / "mlflow.db.registry.lock"
     assert lock_path("sqlite:///mlflow.db") == Path("mlflow.db.registry.lock")
     assert lock_path(str(tmp_path / "mlruns")) == tmp_path / "mlruns" / ".registry.lock"
     assert lock_path(f"file://{tmp_path}/mlruns") == tmp_path / "mlruns" / ".registry.lock"
-    server = lock_path("http://127.0.0.1:5000")
-    assert server.parent == Path(tempfile.gettempdir()) and server.name.startswith("mlcore-")
-    assert server != lock_path("http://127.0.0.1:5001")
+    assert lock_path("http://127.0.0.1:5000") is None  # held in the store: `store_lock`
+    assert lock_path("postgresql://u@127.0.0.1:5432/mlflow") is None
+
+
+def _blocked_while_held(lock) -> list[str]:
+    """What happens to a second taker of ``lock()`` (a context manager factory) in another
+    thread while this thread holds it for 1 s: the order of the events."""
+    import threading
+    import time
+
+    events: list[str] = []
+    taken = threading.Event()
+
+    def second():
+        taken.wait()
+        with lock():
+            events.append("second took it")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with lock():
+        taken.set()
+        time.sleep(1.0)
+        events.append("first let go")
+    thread.join(30)
+    return events
+
+
+def test_the_promotion_lock_excludes_a_second_taker(mlflow_store):
+    """The file lock of a local store, and the lock held in the store itself (which a server
+    store uses), each keep a second taker out until the first lets go; a crashed holder's
+    store lock is taken over after the stale time, and a waiter gives up with a named error."""
+    assert _blocked_while_held(lambda: promotion_lock(mlflow_store, "m")) == [
+        "first let go", "second took it"
+    ]  # fmt: skip
+    client = tracking.client()
+    assert _blocked_while_held(lambda: store_lock(client, f"{LOCK_PREFIX}m")) == [
+        "first let go", "second took it"
+    ]  # fmt: skip
+    assert client.search_registered_models() == []  # released: deleted
+    crashed = store_lock(client, f"{LOCK_PREFIX}m")
+    crashed.__enter__()  # never released
+    with pytest.raises(TimeoutError, match=r"registry lock 'mlcore-lock.m' was held by"):
+        with store_lock(client, f"{LOCK_PREFIX}m", stale=60, wait=0.5):
+            pass
+    with store_lock(client, f"{LOCK_PREFIX}m", stale=0.5):
+        assert [m.name for m in client.search_registered_models()] == [f"{LOCK_PREFIX}m"]
+    assert client.search_registered_models() == []
 
 
 class _Pickled(mlflow.pyfunc.PythonModel):
