@@ -214,9 +214,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-# SIGTERM takes SIGHUP's path in `mlcore ui` (flows/cli/ui.py); the CLI's SIGTERM is tested
-# end to end in tests/faults/test_faults_kill.py
-@pytest.mark.parametrize(("sig", "code"), [("SIGHUP", 129), ("SIGINT", 0)])
+# SIGHUP takes SIGTERM's path in `mlcore ui` (flows/cli/ui.py): tests/cli/test_process.py sends
+# it to a command in-process
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 0)])
 def test_mlcore_ui_serves_the_store_on_loopback_and_a_signal_stops_all_of_it(
     mlflow_store, tmp_path, sig, code
 ):
