@@ -9,7 +9,6 @@ from math import ceil, sqrt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import AutoLocator
-from sklearn.metrics import PredictionErrorDisplay
 
 
 def visualize_grid(Xs, ubound=255.0, padding=1):
@@ -109,6 +108,8 @@ def plot_predicted_vs_true(y_true, y_pred, title="Predicted vs true"):
     kind="actual_vs_predicted")."""
     y_true, y_pred = _two_vectors("plot_predicted_vs_true", y_true, y_pred)
     fig, ax = _single_axes((5, 5), title)
+    from sklearn.metrics import PredictionErrorDisplay  # (2 s of imports: when drawn)
+
     PredictionErrorDisplay.from_predictions(
         y_true,
         y_pred,
@@ -131,6 +132,8 @@ def plot_residuals(y_true, y_pred, title="Residuals"):
     (scikit-learn's ``PredictionErrorDisplay``, kind="residual_vs_predicted")."""
     y_true, y_pred = _two_vectors("plot_residuals", y_true, y_pred)
     fig, ax = _single_axes((6, 4), title)
+    from sklearn.metrics import PredictionErrorDisplay  # (2 s of imports: when drawn)
+
     PredictionErrorDisplay.from_predictions(
         y_true,
         y_pred,

@@ -14,7 +14,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_digits
 
 from mlcore.data.registry import DataError, fetch
 
@@ -103,6 +102,7 @@ def load_digits_data(
     num_validation = _check_count("num_validation", num_validation)
     num_test = _check_count("num_test", num_test)
     dt = _check_float_dtype(dtype)
+    from sklearn.datasets import load_digits  # (2 s of imports: when loaded)
     digits = load_digits()
     n = len(digits.target)
     if num_validation >= n:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_svmlight_file
-from sklearn.model_selection import train_test_split
 
 from mlcore.data.registry import DataError, fetch
 
@@ -21,6 +19,7 @@ def load_libsvm(path: str | Path, n_features: int | None = None) -> tuple[np.nda
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
+        from sklearn.datasets import load_svmlight_file  # (2 s of imports: when read)
         X, y = load_svmlight_file(str(path), n_features=n_features, dtype=np.float64)
     except ValueError as exc:
         raise DataError(f"{path}: not a valid LIBSVM/svmlight file: {exc}") from exc
@@ -42,6 +41,7 @@ def split_like_course(
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
     if not 0.0 <= val_split < 1.0:
         raise ValueError(f"val_split must be in [0, 1), got {val_split}")
+    from sklearn.model_selection import train_test_split
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=test_size, random_state=random_state
     )
