@@ -1,11 +1,14 @@
 """Alerts for real: a Prefect server (all its services) on a free loopback port, the alerts
-installed by ``mlcore alerts``, the gradient-check deployment served by ``mlcore serve``, one of
-its flow runs made to fail, and the message caught by an HTTP receiver on loopback."""
+installed by ``mlcore alerts``, the gradient-check deployment served by ``mlcore serve``, and
+each kind of message caught by an HTTP receiver on loopback: a flow run of it made to fail, a
+model that regressed, a run nothing picked up (Late), one still running after the window, that
+one's process then stopped by SIGTERM (Crashed), and a run past its flow's timeout (TimedOut)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -135,6 +138,39 @@ def hung_flow_run(env: dict, tmp_path: Path) -> dict:
     return {"process": proc, **json.loads(line)}
 
 
+TIMED_OUT_FLOW = """\
+import json, time
+from prefect import flow, tags
+from prefect.context import get_run_context
+
+seen = {}
+
+
+@flow(name="too_slow", timeout_seconds=1)
+def too_slow():
+    run = get_run_context().flow_run
+    seen.update(id=str(run.id), name=run.name)
+    time.sleep(30)
+
+
+with tags("mlcore"):
+    state = too_slow(return_state=True)
+print(json.dumps({**seen, "state": state.name}))
+"""
+
+
+def flow_run_of(script: str, env: dict, tmp_path: Path) -> dict:
+    """Run ``script`` (a flow tagged ``mlcore``, printing its run's id and name as JSON on its
+    last line) in a process of its own, to its end."""
+    (tmp_path / "flow_script.py").write_text(script)
+    done = subprocess.run(
+        [sys.executable, str(tmp_path / "flow_script.py")], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def unserved_late_run(served_deployment):
     """A flow run, due a minute ago, of a deployment tagged ``mlcore`` that nothing serves."""
     from datetime import datetime, timedelta, timezone
@@ -253,17 +289,31 @@ def test_a_failed_run_of_a_deployment_sends_one_message(tmp_path, receiver):
         hung = hung_flow_run(env, tmp_path)
         try:
             wait_for(lambda: len(received) > 3, 120, "late and still-running messages", prefect)
+            # its process killed (as a service manager stops it): Prefect ends the run Crashed
+            hung["process"].send_signal(signal.SIGTERM)
+            hung["process"].wait(60)
+            wait_for(lambda: len(received) > 4, 60, "crashed message", prefect)
         finally:
-            hung["process"].kill()
-            hung["process"].wait(30)
+            if hung["process"].poll() is None:
+                hung["process"].kill()
+                hung["process"].wait(30)
+        # a run that outlived its flow's timeout: TimedOut
+        timed_out = flow_run_of(TIMED_OUT_FLOW, env, tmp_path)
+        wait_for(lambda: len(received) > 5, 60, "timed-out message", prefect)
         time.sleep(3)
     finally:
         with ThreadPoolExecutor() as pool:  # all at once: each takes seconds to stop
             servers = [s for s in (served, prefect, mlflow_server) if s is not None]
             list(pool.map(Server.stop, servers))
 
-    assert len(received) == 4, received
-    late, still = sorted((r["text"] for r in received[2:]), key=lambda t: "still" in t)
+    assert len(received) == 6, received
+    late, still = sorted((r["text"] for r in received[2:4]), key=lambda t: "still" in t)
+    crashed, timed = received[4]["text"], received[5]["text"]
+    assert crashed.startswith("mlcore: hung Crashed\n"), crashed
+    assert f"Flow run: {hung['name']} ({hung['id']})\n" in crashed and "State: Crashed" in crashed
+    assert timed.startswith("mlcore: too_slow TimedOut\n"), timed
+    assert f"Flow run: {timed_out['name']} ({timed_out['id']})\n" in timed
+    assert "State: TimedOut\nReason: Flow run exceeded timeout of 1.0 second" in timed, timed
     assert late.startswith("mlcore: unserved is late\nNot started: no worker picked it up"), late
     assert f"Flow run: {late_run.name} ({late_run.id})\nMLflow run: (none recorded)\n" in late
     assert "State: Late\n" in late
