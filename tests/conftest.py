@@ -188,9 +188,9 @@ def prefect_harness():
         yield
 
 
-# make test runs the suite on two pytest-xdist workers that take one test at a time from the
-# front of the list (-n 2 --dist load --maxschedchunk 1). The tests marked ``slow`` (they start
+# make test runs the suite on three pytest-xdist workers that take one test at a time from the
+# front of the list (-n 3 --dist load --maxschedchunk 1). The tests marked ``slow`` (they start
 # servers, clusters and CLI processes, or take a minute or more; `pytest -m "not slow"` leaves
-# them out) go first, so that the two workers share them and no long test starts last, alone.
+# them out) go first, so that the workers share them and no long test starts last, alone.
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
