@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 import typer
 from rich.markup import escape
@@ -86,30 +85,21 @@ def _catch_signals():
     the main thread: the flow's run ends KILLED (``tracking.end_run``) and the command exits.
     A second signal while that happens exits at once (the started servers' watchdogs stop
     them). A signal that lands inside a call into the tracking database is raised once the
-    call returned (at most ``DEFER_S`` later). Returns a function restoring the previous
+    call returned (``tasks.killed.deferring``). Returns a function restoring the previous
     handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    from tasks.killed import RunKilled
+    from tasks.killed import RunKilled, deferring
 
     received: list[int] = []
-    deferred = {"since": None, "timer": None}
-    main = threading.main_thread().ident
 
     def handler(signum, frame):
         if received:
             os._exit(128 + signum)
-        now = time.monotonic()
-        if in_database_call(frame) and now - (deferred["since"] or now) < DEFER_S:
-            # raised inside SQLAlchemy, the exception could leave a connection holding the
-            # database's lock, and every later write (the run's KILLED status) would wait
-            # for it in vain: the same signal again once the call returned
-            deferred["since"] = deferred["since"] or now
-            deferred["timer"] = threading.Timer(0.02, signal.pthread_kill, (main, signum))
-            deferred["timer"].start()
-            return
         received.append(signum)
         raise RunKilled(signum)
+
+    handler = deferring(handler)
 
     # a signal the command was started to ignore (nohup, a shell's background job) stays so
     previous = {
@@ -119,28 +109,10 @@ def _catch_signals():
     }
 
     def restore():
-        if deferred["timer"] is not None:
-            deferred["timer"].cancel()
         for sig, old in previous.items():
             signal.signal(sig, old)
 
     return restore
-
-
-# how long a signal waits for a call into the tracking database to return (a lock's busy wait
-# can be 20 s: MLflow's SQLite ``busy_timeout``)
-DEFER_S = 30.0
-DATABASE_MODULES = ("sqlalchemy.", "sqlite3", "mlflow.store.", "psycopg", "pymysql", "alembic.")
-
-
-def in_database_call(frame) -> bool:
-    """Whether ``frame`` (where a signal landed) is inside a call into a database driver or
-    MLflow's SQL store."""
-    while frame is not None:
-        if str(frame.f_globals.get("__name__", "")).startswith(DATABASE_MODULES):
-            return True
-        frame = frame.f_back
-    return False
 
 
 def preflight(flows: bool = False, scheduler: bool = False):

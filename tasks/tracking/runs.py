@@ -18,7 +18,7 @@ from mlflow.entities import RunStatus
 
 from tasks import environment
 from tasks.errors import error_line
-from tasks.killed import OWNED, kill_reason
+from tasks.killed import OWNED, kill_reason, signals_wait_for_database
 from tasks.tracking import checkpoints, spool
 from tasks.tracking.logging import log_params, log_text, set_tags
 from tasks.tracking.ownership import ERROR_TAG, mark_process, process_tags
@@ -46,7 +46,16 @@ def parent_run(
     ``flow_params`` are the flow's arguments as called; ``resolved`` the values the flow
     derived from them (a default taken per dataset, say). Both are logged as params (strings,
     for the UI), the resolved value winning; the arguments are also kept as JSON in the tag
-    ``mlcore.flow_params``, so a rerun gets them back exactly, with their types."""
+    ``mlcore.flow_params``, so a rerun gets them back exactly, with their types.
+
+    Within it, a signal that stops the process (Prefect's SIGTERM during a flow run, the CLI's,
+    Ctrl-C) waits for a call into the tracking database to return (``killed.deferring``): raised
+    inside one, it could leave the database locked, and the run RUNNING."""
+    with signals_wait_for_database():
+        yield from _parent_run(experiment, flow, flow_params, resolved, tags)
+
+
+def _parent_run(experiment, flow, flow_params, resolved, tags) -> Iterator[str]:
     all_tags = {
         "prefect.flow_run_id": prefect_flow_run_id(),
         "mlcore.flow": flow,

@@ -213,6 +213,58 @@ def test_a_signal_inside_a_database_write_lands_once_the_write_is_done(mlflow_st
     assert run.info.status == "KILLED" and run.data.tags["mlcore.error"] == "killed by SIGTERM"
 
 
+@pytest.fixture
+def sigterm_recorded():
+    """SIGTERM handled by recording it, for the test: Prefect's flow engine hands a SIGTERM it
+    turned into TerminationSignal back to the previous handler (os.kill), which would
+    otherwise be the default one, ending pytest."""
+    got: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    yield got
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_prefects_sigterm_inside_a_database_write_of_a_flow_waits_for_it(
+    prefect_harness, mlflow_store, sigterm_recorded
+):
+    """During a flow run Prefect's own handler turns SIGTERM into TerminationSignal wherever
+    it lands (as under a worker, which stops a cancelled or killed run so); inside a
+    SQLAlchemy call it could leave the database locked and the run RUNNING (CI saw it: the
+    KILLED status waited 3 x 20 s, failed, and the run stayed RUNNING). Within ``parent_run``
+    the signal waits for the call: the tag is written, then the run ends KILLED."""
+    from prefect import flow
+    from prefect.exceptions import TerminationSignal
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    fired, ids = [], []
+
+    def sigterm_in_the_insert(conn, cursor, statement, *args):
+        if ids and not fired and statement.lstrip().upper().startswith("INSERT INTO TAGS"):
+            fired.append(statement)
+            signal.raise_signal(signal.SIGTERM)  # Prefect's handler runs in SQLAlchemy's frames
+
+    @flow
+    def writes():
+        with tracking.parent_run("faults", "writes", {}) as run_id:
+            ids.append(run_id)
+            tracking.set_tags(run_id, {"written": "yes"})
+            time.sleep(30)  # the signal lands here, not in the write
+            raise AssertionError("the SIGTERM never stopped the flow")
+
+    event.listen(Engine, "before_cursor_execute", sigterm_in_the_insert)
+    try:
+        with pytest.raises(TerminationSignal):
+            writes()
+    finally:
+        event.remove(Engine, "before_cursor_execute", sigterm_in_the_insert)
+    assert fired and sigterm_recorded == [signal.SIGTERM]
+    run = MlflowClient().get_run(ids[0])
+    assert run.data.tags["written"] == "yes"
+    assert run.info.status == "KILLED" and run.data.tags["mlcore.error"] == "killed by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is not None  # Prefect's and ours put back
+
+
 def test_sigkill_leaves_no_process_and_the_next_command_reaps_the_run(tmp_path, monkeypatch):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cli, run_id, started = _start_training(tmp_path, store)
