@@ -119,10 +119,16 @@ def every_minute(tmp_path: Path) -> Path:
     return tmp_path / "prefect.yaml"
 
 
-def test_deploy_trigger_and_find_the_run(postgres, tmp_path, shared_data):
+def test_deploy_trigger_and_find_the_run(postgres, tmp_path, shared_data, receiver):
     """The team route: servers, a work pool, ``prefect deploy --all``, a process worker; a run
     triggered by ``mlcore trigger`` and one its schedule (every minute here) made, each
-    COMPLETED with a FINISHED MLflow run."""
+    COMPLETED with a FINISHED MLflow run; a run the worker ran that failed sends its alert."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.alerts import install_alerts
+
+    hook, received = receiver
     prefect_db, mlflow_backend = (
         f"postgresql+asyncpg://{postgres}/prefect",
         f"postgresql://{postgres}/mlflow",
@@ -165,6 +171,7 @@ def test_deploy_trigger_and_find_the_run(postgres, tmp_path, shared_data):
             assert by_name[name]["work_pool_name"] == "mlcore-local"
         assert by_name["housing_regression/nightly"]["parameters"]["alphas"][0] == 0.0001
 
+        install_alerts(hook, api_url=prefect_srv.url)
         worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 (closed below)
         worker = subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "-p", "mlcore-local", "--type", "process"],
@@ -183,6 +190,13 @@ def test_deploy_trigger_and_find_the_run(postgres, tmp_path, shared_data):
                 "--set", "alphas=1e-4,1.0", "--set", "sgd_lrs=0.01", "--set", "sgd_epochs=[30]",
                 "--timeout", "600",
             )  # fmt: skip
+            # a layer that does not exist: the worker's run of the gradient check fails
+            with temporary_settings(updates={PREFECT_API_URL: prefect_srv.url}):
+                failed = run_deployment(
+                    "gradient_check/daily", parameters={"layers": ["nosuch"]}, timeout=300,
+                    poll_interval=1,
+                )  # fmt: skip
+            assert failed.state.is_failed(), failed.state
             # the every-minute schedule: the server's scheduler made its runs, the worker runs
             # one when due
             scheduled = {"deployments": {"id": {"any_": [by_name["gradient_check/daily"]["id"]]}}}
@@ -192,7 +206,11 @@ def test_deploy_trigger_and_find_the_run(postgres, tmp_path, shared_data):
                     tmp_path / "worker.log"
                 ).read_text()
                 time.sleep(2)
-                runs = post_json(f"{prefect_srv.url}/flow_runs/filter", scheduled)
+                runs = [
+                    r
+                    for r in post_json(f"{prefect_srv.url}/flow_runs/filter", scheduled)
+                    if r["auto_scheduled"]
+                ]
                 assert not [r for r in runs if r["state"]["type"] in ("FAILED", "CRASHED")], runs
                 done = [r for r in runs if r["state"]["type"] == "COMPLETED"]
         finally:
@@ -213,7 +231,14 @@ def test_deploy_trigger_and_find_the_run(postgres, tmp_path, shared_data):
         assert params["alphas"] == "0.0001,1.0" and params["sgd_epochs"] == "30"
         metrics = {m["key"] for m in mlflow_run["data"]["metrics"]}
         assert {"best_val_mae", "best_test_mae"} <= metrics
-        assert done[0]["auto_scheduled"] is True
+        deadline = time.monotonic() + 60  # the alert of the failed run, and no other
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)
+        assert len(received) == 1, received
+        text = received[0]["text"]
+        assert text.startswith("mlcore: daily Failed\n"), text
+        assert f"Flow run: {failed.name} ({failed.id})\n" in text and "State: Failed" in text
         found = post_json(
             f"{mlflow_srv.url}/api/2.0/mlflow/runs/search",
             {"experiment_ids": [_experiment_id(mlflow_srv.url, "gradcheck")],
