@@ -3,6 +3,7 @@ the reaper that ends a RUNNING run whose process is gone."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -176,23 +177,36 @@ def test_a_run_its_flow_could_not_end_is_ended_by_the_command(
     assert run.info.status == "KILLED" and run.data.tags["mlcore.error"] == "killed by SIGINT"
 
 
+@contextlib.contextmanager
+def sigterm_inside_a_tag_insert(armed):
+    """Within: the first ``INSERT INTO tags`` SQLAlchemy executes once ``armed()`` raises a
+    real SIGTERM, so that its Python handler runs inside SQLAlchemy's frames; yields the list
+    of statements it fired in."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    fired: list[str] = []
+
+    def sigterm_in_the_insert(conn, cursor, statement, *args):
+        if armed() and not fired and statement.lstrip().upper().startswith("INSERT INTO TAGS"):
+            fired.append(statement)
+            signal.raise_signal(signal.SIGTERM)
+
+    event.listen(Engine, "before_cursor_execute", sigterm_in_the_insert)
+    try:
+        yield fired
+    finally:
+        event.remove(Engine, "before_cursor_execute", sigterm_in_the_insert)
+
+
 def test_a_signal_inside_a_database_write_lands_once_the_write_is_done(mlflow_store):
     """A signal raised inside SQLAlchemy could leave a connection holding SQLite's lock, and
     the run's KILLED status then waits for it in vain (MLflow's 20 s busy timeout, twice,
     and the run stays RUNNING): the CLI's handler lets the write finish, then stops the
     command. Here a real SIGTERM arrives while the tag's INSERT is being executed."""
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
     from flows.cli.errors import friendly_errors
 
     run_id = MlflowClient().create_run(tracking.experiment_id("faults")).info.run_id
-    fired = []
-
-    def sigterm_in_the_insert(conn, cursor, statement, *args):
-        if not fired and statement.lstrip().upper().startswith("INSERT INTO TAGS"):
-            fired.append(statement)
-            signal.raise_signal(signal.SIGTERM)  # its handler runs inside SQLAlchemy's frames
 
     @friendly_errors
     def command():
@@ -201,12 +215,8 @@ def test_a_signal_inside_a_database_write_lands_once_the_write_is_done(mlflow_st
         time.sleep(30)  # the signal lands here, not in the write
         raise AssertionError("the SIGTERM never stopped the command")
 
-    event.listen(Engine, "before_cursor_execute", sigterm_in_the_insert)
-    try:
-        with pytest.raises(typer.Exit) as stopped:
-            command()
-    finally:
-        event.remove(Engine, "before_cursor_execute", sigterm_in_the_insert)
+    with sigterm_inside_a_tag_insert(lambda: True) as fired, pytest.raises(typer.Exit) as stopped:
+        command()
     assert fired and stopped.value.exit_code == 128 + signal.SIGTERM
     run = MlflowClient().get_run(run_id)
     assert run.data.tags["written"] == "yes"
@@ -234,15 +244,8 @@ def test_prefects_sigterm_inside_a_database_write_of_a_flow_waits_for_it(
     the signal waits for the call: the tag is written, then the run ends KILLED."""
     from prefect import flow
     from prefect.exceptions import TerminationSignal
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
 
-    fired, ids = [], []
-
-    def sigterm_in_the_insert(conn, cursor, statement, *args):
-        if ids and not fired and statement.lstrip().upper().startswith("INSERT INTO TAGS"):
-            fired.append(statement)
-            signal.raise_signal(signal.SIGTERM)  # Prefect's handler runs in SQLAlchemy's frames
+    ids = []
 
     @flow
     def writes():
@@ -252,12 +255,9 @@ def test_prefects_sigterm_inside_a_database_write_of_a_flow_waits_for_it(
             time.sleep(30)  # the signal lands here, not in the write
             raise AssertionError("the SIGTERM never stopped the flow")
 
-    event.listen(Engine, "before_cursor_execute", sigterm_in_the_insert)
-    try:
+    with sigterm_inside_a_tag_insert(lambda: bool(ids)) as fired:
         with pytest.raises(TerminationSignal):
             writes()
-    finally:
-        event.remove(Engine, "before_cursor_execute", sigterm_in_the_insert)
     assert fired and sigterm_recorded == [signal.SIGTERM]
     run = MlflowClient().get_run(ids[0])
     assert run.data.tags["written"] == "yes"
