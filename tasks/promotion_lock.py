@@ -93,25 +93,37 @@ def store_lock(client, lock: str, stale: float = LOCK_STALE_S, wait: float = LOC
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        try:
-            holder = client.get_registered_model(lock).tags.get(LOCK_TOKEN_TAG, "")
-        except MlflowException:
-            continue  # released in between
-        now = time.monotonic()
-        if now - seen.setdefault(holder, now) > stale:
-            with contextlib.suppress(MlflowException):
-                client.delete_registered_model(lock)
-            seen.pop(holder)
-            continue
-        if now - started > wait:
+        if time.monotonic() - started > wait:
             raise TimeoutError(
                 f"the registry lock {lock!r} was held by another process for more than "
                 f"{wait:g} s (delete that registered model if no promotion is running)"
             )
+        holder = _token(client, lock)
+        if holder is None:
+            continue  # released in between
+        now = time.monotonic()
+        if now - seen.setdefault(holder, now) > stale:
+            # a crashed holder's: deleted only if it is still that one (another waiter may
+            # have taken it over meanwhile)
+            if _token(client, lock) == holder:
+                with contextlib.suppress(MlflowException):
+                    client.delete_registered_model(lock)
+            seen.pop(holder)
+            continue
         time.sleep(0.02 + 0.08 * random.random())
     try:
         yield
     finally:
-        with contextlib.suppress(MlflowException):
-            if client.get_registered_model(lock).tags.get(LOCK_TOKEN_TAG) == token:
+        if _token(client, lock) == token:
+            with contextlib.suppress(MlflowException):
                 client.delete_registered_model(lock)
+
+
+def _token(client, lock: str) -> str | None:
+    """The token of the holder of ``lock``; None if nobody holds it (or it cannot be read)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(lock).tags.get(LOCK_TOKEN_TAG, "")
+    except MlflowException:
+        return None
