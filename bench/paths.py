@@ -37,8 +37,8 @@ Every path runs in fresh processes, the order of the paths reversed every other 
 virtual environment's bin first on PATH); OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (this
 machine's pins) are unset for every path, and each path's thread variables are recorded.
 ``--quick`` is 1 round of 3 epochs (a smoke test). Results go to ``--out``/paths.{json,md}
-(default bench/results/, generated: do not edit). 7 rounds of the defaults took about 14
-minutes on 2 shared cores.
+(default bench/results/, generated: do not edit). 15 rounds of the defaults took about 11
+minutes on 2 idle cores.
 """
 
 from __future__ import annotations
