@@ -79,6 +79,13 @@ LABELS = {
     "trial-default": "one trial, default threads",
 }
 GRID_RUNNERS = ("sequential", "dask-1", "dask-2")  # whose trials must agree
+TIMINGS = "sweep/trial_timings.json"  # the sweep run's per-trial submit and return times
+PHASES = {
+    "start": "submitted -> run start",
+    "run": "run, outside training",
+    "train": "training",
+    "return": "run end -> result",
+}
 
 
 def parse_args(argv=None):
@@ -133,13 +140,17 @@ def one_sweep(name: str, epochs: int, workdir: Path) -> dict:
     children = client.search_runs(
         [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
     )
+    timings = json.loads(Path(client.download_artifacts(run_id, TIMINGS, str(workdir))).read_text())
+    timings = {t["trial"]: t for t in timings}
     trials = {}
     for child in children:
         history = client.get_metric_history(child.info.run_id, "epoch_seconds")
-        trials[int(child.data.tags["mlcore.trial"])] = {
+        number = int(child.data.tags["mlcore.trial"])
+        trials[number] = {
             "params": {k: child.data.params[k] for k in ("lr", "reg")},
             "metrics": {k: child.data.metrics.get(k) for k in COMPARED},
             "train_s": sum(m.value for m in history),
+            "phases": phases(timings[number], child.info.start_time, child.info.end_time),
         }
     metrics = run.data.metrics
     return {
@@ -150,6 +161,33 @@ def one_sweep(name: str, epochs: int, workdir: Path) -> dict:
 
 
 # ---- pure functions: the figures and the report (tests/bench/test_bench_sweep.py) ----
+
+
+def phases(timing: dict, run_start_ms: int, run_end_ms: int | None) -> dict | None:
+    """Where one trial's time went, in seconds, from the sweep's ``sweep/trial_timings.json``
+    entry (submitted, returned: the driver's Unix times; ``train_s``: Solver.train()'s wall
+    time) and its MLflow run's start and end (ms): ``start`` submitted to run start (Dask,
+    the worker's Prefect task engine, the run's creation), ``run`` the run's life outside
+    ``Solver.train()`` (parameters, data, model, the run's end), ``train``, and ``return`` run
+    end to result (the task's end, the result's way back). None when the run ended after the
+    result came back (the best trial, reopened at the sweep's end to add its model)."""
+    if run_end_ms is None or timing["train_s"] is None:
+        return None
+    start, end = run_start_ms / 1000, run_end_ms / 1000
+    if end > timing["returned"]:
+        return None
+    return {
+        "start": start - timing["submitted"], "run": end - start - timing["train_s"],
+        "train": timing["train_s"], "return": timing["returned"] - end,
+    }  # fmt: skip
+
+
+def phase_medians(trials: dict) -> dict | None:
+    """The median of each phase over a sweep's trials (those with phases)."""
+    known = [t["phases"] for t in trials.values() if t.get("phases")]
+    if not known:
+        return None
+    return {k: statistics.median(p[k] for p in known) for k in PHASES}
 
 
 def round_order(names, r: int) -> list[str]:
@@ -235,6 +273,11 @@ def summarise(rounds: list[dict], epochs: int) -> dict:
                    if name.startswith("trial-") else None}
             for name in RUNNERS
         },
+        "phases": {
+            name: {k: spread((phase_medians(r["runs"][name]["trials"]) or {}).get(k)
+                             for r in rounds) for k in PHASES}
+            for name in GRID_RUNNERS
+        },
         "figures": figures, "identical": not differ, "differing": differ,
     }  # fmt: skip
 
@@ -279,6 +322,16 @@ def render_md(result: dict) -> str:
                 f"| {_per_round(r['sweep_wall_s'])} | {_spread_text(r['command_s'])} "
                 f"| {_spread_text(r['trial_overhead_s'], 3)} | {_spread_text(r['train_s'])} |"
             )
+        lines += [
+            "", "Where a grid trial's time goes, in seconds (per sweep the median over its "
+            "trials, from the driver's submit and return times and the trial run's start and "
+            "end; then the median over rounds with min-max):", "",
+            "| runner | " + " | ".join(PHASES.values()) + " |",
+            "|---|" + "---|" * len(PHASES),
+        ]  # fmt: skip
+        for name, ph in s.get("phases", {}).items():
+            cells = " | ".join(_spread_text(ph[k], 3) for k in PHASES)
+            lines.append(f"| {LABELS[name]} | {cells} |")
         lines += [
             "",
             "| figure | median (min-max) | per round | target | |",

@@ -1,9 +1,12 @@
 """Hyper-parameter sweeps: Optuna asks, trials run as Prefect tasks on the chosen task runner
 (threads, or Dask worker processes), Optuna is told, and MLflow keeps one comparable record.
 
-Trials are asked in batches as wide as the parallelism and told in trial-number order when the
-whole batch is back, so a seeded sweep proposes the same trials whatever the runner and
-whichever trial finishes first (TPE's proposals depend on the batch width only).
+As many trials run at once as the runner has room for. With the grid or random sampler, whose
+proposals do not depend on the results told, a trial is asked as soon as another finishes: no
+worker waits for a batch's slowest trial, and trial n still gets the same parameters whatever
+the runner and the order trials finish in. TPE's trials are asked in batches as wide as the
+parallelism and told in trial-number order when the whole batch is back, so a seeded sweep
+proposes the same trials whichever trial finishes first (they depend on the batch width only).
 
 On Dask, each trial is a Prefect task run by prefect-dask on a worker process. The task engine
 there reports to the Prefect API of the sweep's own process: when no ``PREFECT_API_URL`` is set,
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import queue
 import statistics
 import time
 from typing import Any
@@ -40,6 +44,12 @@ from tasks.errors import error_line
 from tasks.sweep import best_trial, record_sweep, run_trial, trial_name, trial_seed
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
+# samplers whose proposals do not depend on the results told: their trials need not wait for
+# each other (see _run_trials)
+BLIND_SAMPLERS = ("grid", "random")
+# per trial of a session: when it was submitted and its result came back (Unix time, s, as the
+# trial's MLflow run's start and end), Solver.train()'s wall time (None for housing), its worker
+TIMINGS = "sweep/trial_timings.json"
 
 
 class SweepIncomplete(RuntimeError):
@@ -205,8 +215,11 @@ def _run_trials(
     config: dict, run_id: str, width: int, exp, book: Journal, study: optuna.Study,
     space: dict, results: dict[int, dict], todo: list[dict], continued: dict[int, str],
 ) -> dict[str, Any]:  # fmt: skip
-    """Ask, run and tell batches of trials until the study holds ``config["trials"]`` (the
-    resumed ``todo`` first), then the record and the registration."""
+    """Ask, run and tell trials until the study holds ``config["trials"]`` (the resumed
+    ``todo`` first), then the record and the registration. Trials run as wide as ``width``:
+    for a sampler whose proposals do not depend on results (grid, random), a new trial is asked
+    as soon as one finishes (no worker waits for a batch's slowest trial); for TPE, in batches
+    told in trial-number order (see the module's docstring)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     metric, higher = config["metric"], exp.metrics[config["metric"]]
@@ -216,53 +229,78 @@ def _run_trials(
     # lean trials: no model, plots or gradient gate of their own (see Experiment.lean_trials)
     lean = {"log_model": config.get("log_models") == "all", "gate": False}
     lean = lean if exp.lean_trials else {}
+    pipelined = config["sampler"] in BLIND_SAMPLERS
     gated: set = set()
     overheads: list[float] = []  # per trial: submit-to-result minus Solver.train()'s wall time
+    timings: list[dict] = []  # per trial: when it was submitted and came back (TIMINGS)
+    finished: queue.Queue = queue.Queue()  # (future, when it finished), from done-callbacks
+    # id(future) -> record, submitted (perf_counter, Unix time), rerun
+    running: dict[int, tuple[dict, tuple[float, float], bool]] = {}
     ran = 0
+
+    def start_trials(batch: list[dict], rerun: bool) -> None:
+        nonlocal gated, ran
+        ran += len(batch)
+        book.save()  # the trials are in the study before they run: a kill leaves them RUNNING
+        arguments = [flow_arguments(exp, rec["params"], config["fixed"]) for rec in batch]
+        for args in arguments:
+            gated = _gate(exp, args, config["seed"], run_id, gated)
+        for rec, args in zip(batch, arguments, strict=True):
+            submitted = time.perf_counter(), time.time()
+            future = run_trial.submit(exp.flow, {**args, **lean}, exp.reported,
+                                      exp.baseline_metric, config["seed"], rec["number"], run_id,
+                                      uri, trial_name(rec["number"], rec["params"]),
+                                      continued.get(rec["number"]), exp.trial_subflow)  # fmt: skip
+            running[id(future)] = (rec, submitted, rerun)
+            future.add_done_callback(lambda f: finished.put((f, time.perf_counter(), time.time())))
+
+    def end_trials() -> None:
+        """Wait for a finished trial (for all of a TPE batch), record and tell it (them)."""
+        ended = []
+        while not ended or (not pipelined and len(ended) < len(running)):
+            ended.append(finished.get())
+        for future, returned, returned_at in sorted(
+            ended, key=lambda e: running[id(e[0])][0]["number"]
+        ):
+            rec, (submitted, submitted_at), _ = running.pop(id(future))
+            results[rec["number"]] = outcome = _outcome(rec, future)
+            if outcome.get("train_s") is not None:
+                overheads.append(returned - submitted - outcome["train_s"])
+            timings.append({"trial": rec["number"], "submitted": submitted_at,
+                            "returned": returned_at, "train_s": outcome.get("train_s"),
+                            "worker": outcome.get("worker")})  # fmt: skip
+            if outcome["state"] == "LOST":  # left RUNNING in the study: --resume runs it
+                incomplete.append(f"trial {rec['number']} was lost ({outcome['error']})")
+            elif outcome["state"] == "COMPLETE":
+                _tell(study, rec["number"], outcome["metrics"][metric], COMPLETE)
+            else:
+                book.set_error(rec["number"], outcome["error"])
+                _tell(study, rec["number"], None, optuna.trial.TrialState.FAIL)
+
     start = time.perf_counter()
     # the settings sent with each task name this flow's API: workers report there
     with temporary_settings(updates={PREFECT_API_URL: api}):
-        while todo or _asked(study) < config["trials"]:
+        while todo or running or _asked(study) < config["trials"]:
             # reruns of a resumed sweep first, on their own: the sampler does not know them
             # until they are told, so a fresh ask beside them could propose one again
-            if todo:
+            reruns = any(rerun for _, _, rerun in running.values())
+            if todo and not running:
                 batch, todo = todo[:width], todo[width:]
-            else:
-                batch = []
-                for _ in range(min(width, config["trials"] - _asked(study))):
-                    trial = study.ask(space)
-                    batch.append({"number": trial.number, "params": trial.params})
-            book.save()  # the batch is in the study before it runs: a kill leaves it RUNNING
-            arguments = [flow_arguments(exp, rec["params"], config["fixed"]) for rec in batch]
-            for args in arguments:
-                gated = _gate(exp, args, config["seed"], run_id, gated)
-            submitted = time.perf_counter()
-            futures = [
-                run_trial.submit(exp.flow, {**args, **lean}, exp.reported, exp.baseline_metric,
-                                 config["seed"], rec["number"], run_id, uri,
-                                 trial_name(rec["number"], rec["params"]),
-                                 continued.get(rec["number"]), exp.trial_subflow)
-                for rec, args in zip(batch, arguments, strict=True)
-            ]  # fmt: skip
-            returned = _return_times(futures)
-            ran += len(batch)
-            for rec, future in zip(batch, futures, strict=True):
-                results[rec["number"]] = outcome = _outcome(rec, future)
-                if outcome.get("train_s") is not None:
-                    overheads.append(returned[id(future)] - submitted - outcome["train_s"])
-                if outcome["state"] == "LOST":  # left RUNNING in the study: --resume runs it
-                    incomplete.append(f"trial {rec['number']} was lost ({outcome['error']})")
-                elif outcome["state"] == "COMPLETE":
-                    _tell(study, rec["number"], outcome["metrics"][metric], COMPLETE)
-                else:
-                    book.set_error(rec["number"], outcome["error"])
-                    _tell(study, rec["number"], None, optuna.trial.TrialState.FAIL)
+                start_trials(batch, rerun=True)
+            elif not todo and not reruns and (pipelined or not running):
+                free = min(width - len(running), config["trials"] - _asked(study))
+                if free > 0:
+                    asked = [study.ask(space) for _ in range(free)]
+                    start_trials([{"number": t.number, "params": t.params} for t in asked], False)
+            if running:
+                end_trials()
     book.save()
     wall = time.perf_counter() - start
     timing = {"sweep_wall_s": wall, "trials_run": ran}
     if overheads:
         timing["trial_overhead_s"] = statistics.median(overheads)
     tracking.log_metrics(run_id, timing)
+    tracking.log_text(run_id, json.dumps(sorted(timings, key=lambda t: t["trial"])), TIMINGS)
     ordered = [results[n] for n in sorted(results)]
     best = best_trial(ordered, metric, higher)
     if best is not None and best["model_uri"] is None and not incomplete:
@@ -305,16 +343,6 @@ def _gate(exp, args: dict, seed: int, run_id: str, gated: set) -> set:
         module, _, function = exp.gate.partition(":")
         getattr(importlib.import_module(module), function)(values, seed, run_id)
     return gated | {key}
-
-
-def _return_times(futures) -> dict[int, float]:
-    """When each future's result came back (perf_counter), by id(future)."""
-    from prefect.futures import as_completed
-
-    returned = {}
-    for future in as_completed(futures):
-        returned[id(future)] = time.perf_counter()
-    return returned
 
 
 def _add_model(exp, config: dict, best: dict) -> str:

@@ -264,6 +264,31 @@ def test_housing_grid_sweep_is_the_same_sequentially_and_on_threads(
     assert f"best trial: {best}" in out.output
 
 
+def test_a_grid_trial_starts_as_soon_as_another_ends_not_with_a_batch(
+    prefect_harness, mlflow_store
+):
+    """On 2 threads, the grid's trials do not wait for a batch's slowest: while the long
+    trial (30 epochs, trial 0 with seed 5) trains, the short ones (1-3 epochs) follow each
+    other on the other thread. In batches of two, trials 2 and 3 would wait for trial 0."""
+    result = run_sweep("convnet", ["epochs=30,1,2,3"], seed=5, runner="threads", workers=2)
+    runs = trial_runs(result["run_id"])
+    assert {n: int(r.data.params["epochs"]) for n, r in runs.items()} == {0: 30, 1: 1, 2: 2, 3: 3}
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    path = MlflowClient().download_artifacts(result["run_id"], "sweep/trial_timings.json")
+    timings = {t["trial"]: t for t in json.loads(open(path).read())}
+    assert sorted(timings) == [0, 1, 2, 3]
+    for n, t in timings.items():  # the driver's view of each trial against its run's own
+        run = runs[n].info
+        assert t["submitted"] <= run.start_time / 1000 < t["returned"]
+        assert t["train_s"] > 0 and t["worker"] == runs[n].data.tags["mlcore.worker"]
+    assert timings[1]["returned"] <= timings[2]["submitted"] < timings[0]["returned"]
+    assert timings[2]["returned"] <= timings[3]["submitted"] < timings[0]["returned"]
+    # the study holds the trials in the order they were asked, each told as it finished
+    assert [(t.number, t.params, t.state.name) for t in study_of(result["run_id"]).trials] == [
+        (n, {"epochs": e}, "COMPLETE") for n, e in enumerate((30, 1, 2, 3))
+    ]
+
+
 def study_of(run_id: str, client: MlflowClient | None = None) -> optuna.Study:
     """The sweep's study, loaded by Optuna from the journal logged with its run."""
     from optuna.storages import JournalStorage
