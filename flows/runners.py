@@ -92,7 +92,8 @@ def connect(dask_runner) -> int:
         os.environ.clear()
         os.environ.update(saved)
     # part of starting a worker, not of the trial phase: import the trials' code (Prefect,
-    # MLflow, matplotlib, mlcore: tens of seconds on a busy machine) and open the tracking
+    # MLflow, matplotlib, mlcore, scikit-learn's data readers: tens of seconds on a busy
+    # machine) and open the tracking
     # store (MLflow imports its SQL store, seconds, on a client's first call) before the clock
     # starts
     uri = tracking.tracking_uri()
@@ -127,6 +128,7 @@ def _warm_up(tracking_uri: str, db: str | None = None) -> tuple[str | None, bool
     import flows.housing  # noqa: F401
     import tasks.sweep  # noqa: F401
 
+    import_data_readers()
     tracking.use_tracking_uri(tracking_uri)
     # (a store this worker cannot open: each trial's run reports why)
     with contextlib.suppress(Exception):
@@ -134,6 +136,13 @@ def _warm_up(tracking_uri: str, db: str | None = None) -> tuple[str | None, bool
     if os.environ.get("MALLOC_MMAP_THRESHOLD_"):  # fixed thresholds chosen with care
         return None, True
     return os.environ.get(SLOW_MALLOC), True
+
+
+def import_data_readers() -> None:
+    """Import what mlcore.data imports on a dataset's first read (scikit-learn's readers):
+    about a second of a process's first trial otherwise, counted in the trial phase."""
+    import sklearn.datasets  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
 
 
 def dask_width() -> int:

@@ -28,7 +28,7 @@ import optuna
 from prefect import flow
 
 from flows.experiments import register_best
-from flows.runners import crash_task_run, dask_width, lost, task_runner
+from flows.runners import crash_task_run, dask_width, import_data_readers, lost, task_runner
 from flows.space import (
     check_metric,
     check_resume_alone,
@@ -162,12 +162,14 @@ def hyperparameter_sweep(
 
 
 def _prepare_data(exp_name: str, fixed: dict) -> None:
-    """Download once, in this process, before the trials (their fetch then hits the cache)."""
+    """Download once, in this process, before the trials (their fetch then hits the cache),
+    and import the data readers (the trials of the sequential and threads runners run here)."""
     from mlcore.data import DATASETS
     from tasks.data import fetch_cached
 
     if fixed["dataset"] in DATASETS:
         fetch_cached(fixed["dataset"])
+    import_data_readers()
 
 
 def _sweep(config: dict, run_id: str, width: int, resuming: bool) -> dict[str, Any]:
@@ -239,12 +241,15 @@ def _run_trials(
     ran = 0
 
     def start_trials(batch: list[dict], rerun: bool) -> None:
-        nonlocal gated, ran
+        nonlocal gated, ran, start
         ran += len(batch)
         book.save()  # the trials are in the study before they run: a kill leaves them RUNNING
         arguments = [flow_arguments(exp, rec["params"], config["fixed"]) for rec in batch]
         for args in arguments:
             gated = _gate(exp, args, config["seed"], run_id, gated)
+        # the trial phase starts with the first trial's submission: the first gate (a
+        # gradient check, once per architecture) is not a trial
+        start = start if start is not None else time.perf_counter()
         for rec, args in zip(batch, arguments, strict=True):
             submitted = time.perf_counter(), time.time()
             future = run_trial.submit(exp.flow, {**args, **lean}, exp.reported,
@@ -277,7 +282,7 @@ def _run_trials(
                 book.set_error(rec["number"], outcome["error"])
                 _tell(study, rec["number"], None, optuna.trial.TrialState.FAIL)
 
-    start = time.perf_counter()
+    start: float | None = None
     # the settings sent with each task name this flow's API: workers report there
     with temporary_settings(updates={PREFECT_API_URL: api}):
         while todo or running or _asked(study) < config["trials"]:
@@ -295,7 +300,7 @@ def _run_trials(
             if running:
                 end_trials()
     book.save()
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start if start is not None else 0.0
     timing = {"sweep_wall_s": wall, "trials_run": ran}
     if overheads:
         timing["trial_overhead_s"] = statistics.median(overheads)

@@ -115,7 +115,10 @@ def test_local_cluster_workers_have_one_blas_thread_and_ours_is_untouched(mlflow
         threads = client.run(blas_threads)
         pids = client.run(os.getpid)
         faults = client.run(page_faults_of_1mib_arrays)
+        # warmed up: a first trial does not import scikit-learn's data readers in the trial phase
+        readers = client.run(lambda: {"sklearn.datasets", "flows.convnet"} <= set(sys.modules))
     assert os.environ == before
+    assert set(readers.values()) == {True}
     # the workers were spawned without the nanny's MALLOC_TRIM_THRESHOLD_=65536 (glibc then
     # maps and unmaps every array above 128 KiB: 256 faults each), and our Dask config is as it was
     assert all(f < 2000 for f in faults.values()), faults
