@@ -28,7 +28,9 @@ Reported per epoch setting, each figure the median over rounds with its min-max:
 - no target: sequential / dask-2, one trial's training time 1 thread / default threads (the
   speed-up from its second thread), the whole-command wall times;
 - per-trial metrics identical across sequential, dask-1 and dask-2 in every round (yes/no, and
-  which trials differ).
+  which trials differ);
+- where a grid trial's time goes (``phases``): the sweep's ``sweep/trial_timings.json`` (each
+  trial's submit and return times) against its run's start and end.
 
 The thread variables above are unset for every process but ``trial-1thread`` (the Dask
 workers get one thread each from mlcore's LocalCluster), and so are ``OPENBLAS_CORETYPE`` and
@@ -382,6 +384,8 @@ def openblas_note() -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    # no progress bar in the report for each timings file read back (the CLI's default too)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings = []
     for epochs in args.epochs:
         rounds = []
