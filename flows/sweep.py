@@ -235,7 +235,7 @@ def _run_trials(
     gated: set = set()
     overheads: list[float] = []  # per trial: submit-to-result minus Solver.train()'s wall time
     timings: list[dict] = []  # per trial: when it was submitted and came back (TIMINGS)
-    finished: queue.Queue = queue.Queue()  # (future, when it finished), from done-callbacks
+    finished: queue.Queue = queue.Queue()  # (future, perf_counter, Unix time), as each ends
     # id(future) -> record, submitted (perf_counter, Unix time), rerun
     running: dict[int, tuple[dict, tuple[float, float], bool]] = {}
     ran = 0
