@@ -83,7 +83,8 @@ LABELS = {
 GRID_RUNNERS = ("sequential", "dask-1", "dask-2")  # whose trials must agree
 TIMINGS = "sweep/trial_timings.json"  # the sweep run's per-trial submit and return times
 PHASES = {
-    "start": "submitted -> run start",
+    "engine": "submitted -> trial code",
+    "start": "trial code -> run start",
     "run": "run, outside training",
     "train": "training",
     "return": "run end -> result",
@@ -167,20 +168,23 @@ def one_sweep(name: str, epochs: int, workdir: Path) -> dict:
 
 def phases(timing: dict, run_start_ms: int, run_end_ms: int | None) -> dict | None:
     """Where one trial's time went, in seconds, from the sweep's ``sweep/trial_timings.json``
-    entry (submitted, returned: the driver's Unix times; ``train_s``: Solver.train()'s wall
-    time) and its MLflow run's start and end (ms): ``start`` submitted to run start (Dask,
-    the worker's Prefect task engine, the run's creation), ``run`` the run's life outside
-    ``Solver.train()`` (parameters, data, model, the run's end), ``train``, and ``return`` run
-    end to result (the task's end, the result's way back). None when the run ended after the
-    result came back (the best trial, reopened at the sweep's end to add its model)."""
+    entry (submitted, returned: the driver's Unix times; started: when the trial's task code
+    began on its worker; ``train_s``: Solver.train()'s wall time) and its MLflow run's start
+    and end (ms): ``engine`` submitted to the task code (Dask, the worker's Prefect task
+    engine), ``start`` task code to run start (the run's creation), ``run`` the run's life
+    outside ``Solver.train()`` (parameters, data, model, the flow's nested tasks, the run's
+    end), ``train``, and ``return`` run end to result (the task's end, the result's way back).
+    None when the run ended after the result came back (the best trial, reopened at the
+    sweep's end to add its model)."""
     if run_end_ms is None or timing["train_s"] is None:
         return None
     start, end = run_start_ms / 1000, run_end_ms / 1000
     if end > timing["returned"]:
         return None
     return {
-        "start": start - timing["submitted"], "run": end - start - timing["train_s"],
-        "train": timing["train_s"], "return": timing["returned"] - end,
+        "engine": timing["started"] - timing["submitted"], "start": start - timing["started"],
+        "run": end - start - timing["train_s"], "train": timing["train_s"],
+        "return": timing["returned"] - end,
     }  # fmt: skip
 
 

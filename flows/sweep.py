@@ -272,7 +272,8 @@ def _run_trials(
             if outcome.get("train_s") is not None:
                 overheads.append(returned - submitted - outcome["train_s"])
             timings.append({"trial": rec["number"], "submitted": submitted_at,
-                            "returned": returned_at, "train_s": outcome.get("train_s"),
+                            "started": outcome.get("started"), "returned": returned_at,
+                            "train_s": outcome.get("train_s"),
                             "worker": outcome.get("worker")})  # fmt: skip
             if outcome["state"] == "LOST":  # left RUNNING in the study: --resume runs it
                 incomplete.append(f"trial {rec['number']} was lost ({outcome['error']})")

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,7 @@ def run_trial(
     ``baseline_metric``, the trial's seed and ``host:pid``."""
     from prefect.settings import PREFECT_API_URL
 
+    started = time.time()  # when the task's own code began (after Dask and Prefect's engine)
     tracking.use_tracking_uri(tracking_uri)
     seed = trial_seed(sweep_seed, number)
     module, _, function = flow.partition(":")
@@ -99,6 +101,7 @@ def run_trial(
         "run_id": run_id, "model_uri": result["model_uri"], "baseline": logged.get(baseline_metric),
         "metrics": {k: float(logged[k]) for k in reported if k in logged},
         "worker": worker_id(), "seed": seed, "train_s": result.get("train_s"),
+        "started": started,
     }  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from bench.sweep import (
 
 def trial(lr, reg, acc, train_s=1.0):
     metrics = {"best_val_acc": acc, "test_acc": acc - 0.01, "final_train_acc": 1.0}
-    where = {"start": 0.1, "run": 0.2, "train": train_s, "return": 0.05}
+    where = {"engine": 0.08, "start": 0.02, "run": 0.2, "train": train_s, "return": 0.05}
     return {"params": {"lr": lr, "reg": reg}, "metrics": metrics, "train_s": train_s,
             "phases": where}  # fmt: skip
 
@@ -111,9 +111,11 @@ def test_summary_ratios_against_targets():
 
 
 def test_phases_split_a_trials_time_and_skip_a_reopened_run():
-    timing = {"submitted": 100.0, "returned": 103.0, "train_s": 2.0}
+    timing = {"submitted": 100.0, "started": 100.2, "returned": 103.0, "train_s": 2.0}
     where = phases(timing, 100_250, 102_700)
-    assert where == pytest.approx({"start": 0.25, "run": 0.45, "train": 2.0, "return": 0.3})
+    assert where == pytest.approx(
+        {"engine": 0.2, "start": 0.05, "run": 0.45, "train": 2.0, "return": 0.3}
+    )
     assert sum(where.values()) == pytest.approx(3.0)  # the trial's submit-to-result time
     assert phases(timing, 100_250, 104_000) is None  # reopened after its result (the best)
     assert phases({**timing, "train_s": None}, 100_250, 102_700) is None
@@ -137,8 +139,8 @@ def test_report_tables():
     assert "| trial_overhead_s (s), sequential, default threads | 0.05 (0.05-0.05) |" in md
     assert "identical across sequential, dask-1, dask-2: **yes**" in md
     assert (
-        "| dask, 2 workers (1 thread each) | 0.100 (0.100-0.100) | 0.200 (0.200-0.200) "
-        "| 1.000 (1.000-1.000) | 0.050 (0.050-0.050) |"
+        "| dask, 2 workers (1 thread each) | 0.080 (0.080-0.080) | 0.020 (0.020-0.020) "
+        "| 0.200 (0.200-0.200) | 1.000 (1.000-1.000) | 0.050 (0.050-0.050) |"
     ) in md
     assert md.rstrip().endswith("OpenBLAS: note")
 

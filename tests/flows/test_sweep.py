@@ -279,7 +279,8 @@ def test_a_grid_trial_starts_as_soon_as_another_ends_not_with_a_batch(
     assert sorted(timings) == [0, 1, 2, 3]
     for n, t in timings.items():  # the driver's view of each trial against its run's own
         run = runs[n].info
-        assert t["submitted"] <= run.start_time / 1000 < t["returned"]
+        assert t["submitted"] <= t["started"] <= run.start_time / 1000 + 0.001  # (ms)
+        assert run.start_time / 1000 < t["returned"]
         assert t["train_s"] > 0 and t["worker"] == runs[n].data.tags["mlcore.worker"]
     assert timings[1]["returned"] <= timings[2]["submitted"] < timings[0]["returned"]
     assert timings[2]["returned"] <= timings[3]["submitted"] < timings[0]["returned"]
