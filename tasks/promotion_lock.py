@@ -91,7 +91,9 @@ def store_lock(client, lock: str, stale: float = LOCK_STALE_S, wait: float = LOC
             )  # fmt: skip
             break
         except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            # taken; or taken and let go in between: MLflow's store reads the holder back
+            # after its insert failed, and answers RESOURCE_DOES_NOT_EXIST if it was deleted
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
                 raise
         if time.monotonic() - started > wait:
             raise TimeoutError(

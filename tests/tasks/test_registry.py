@@ -449,6 +449,41 @@ def test_the_promotion_lock_excludes_a_second_taker(mlflow_store):
     assert client.search_registered_models() == []
 
 
+def test_a_store_lock_let_go_while_a_taker_asks_is_taken_not_an_error(mlflow_store):
+    """The holder lets go between a taker's failed create and MLflow's read-back of the
+    holder, so MLflow answers RESOURCE_DOES_NOT_EXIST (as it did in a four-process race
+    through a server): the taker tries again and takes the lock."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.client()
+    lock = f"{LOCK_PREFIX}m"
+    holder = store_lock(client, lock)
+    holder.__enter__()
+    calls: list[str] = []
+
+    class LetGoInBetween:  # the real client; its first create sees the holder let go mid-call
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def create_registered_model(self, name, **kwargs):
+            if not calls:
+                calls.append("raced")
+                with pytest.raises(MlflowException) as taken:
+                    client.create_registered_model(name, **kwargs)  # the holder has it
+                assert taken.value.error_code == "RESOURCE_ALREADY_EXISTS"
+                holder.__exit__(None, None, None)  # ... and lets go before the read-back
+                with pytest.raises(MlflowException) as gone:
+                    client.get_registered_model(name)  # what MLflow's read-back then meets
+                raise gone.value
+            calls.append("took")
+            return client.create_registered_model(name, **kwargs)
+
+    with store_lock(LetGoInBetween(), lock, wait=5):
+        assert [m.name for m in client.search_registered_models()] == [lock]
+    assert calls == ["raced", "took"]
+    assert client.search_registered_models() == []
+
+
 class _Pickled(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         return model_input
