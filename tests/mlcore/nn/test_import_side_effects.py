@@ -81,6 +81,10 @@ def test_importing_every_mlcore_module_changes_no_process_state():
 IDLE_PROBE = r"""
 import json, os, threading, time
 import numpy as np
+
+# numpy's own start-up, not mlcore's: its OpenBLAS worker spins about 0.1 s after it starts
+# (as after each of its calls), which would fall into the window below when the machine is slow
+time.sleep(0.5)
 from mlcore.nn.cnn import ThreeLayerConvNet
 
 model = ThreeLayerConvNet(input_dim=(3, 16, 16), num_filters=8, hidden_dim=32, seed=0,
